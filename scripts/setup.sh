@@ -4,7 +4,7 @@
 # and the laplace-torch oracle installed without torchvision.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STAMP=.venv/.escnn_soft_setup_v1
+STAMP=.venv/.escnn_soft_setup_v2
 if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt scripts/setup.sh ]; then
     exit 0
 fi
