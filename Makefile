@@ -19,5 +19,8 @@ test-slow: setup
 bench: setup
 	$(PY) -m escnn_soft.cli bench
 
+docs: setup
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
 lint: setup
 	$(PY) -m ruff check escnn_soft tests examples benchmarks
