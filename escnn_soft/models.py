@@ -2,10 +2,20 @@
 
 Steerable network: the 56×56 input is upsampled to 57×57 and masked to a disc of radius 28, then
 5 blocks conv–batch-norm–gated non-linearity with kernels 7, 5, 3, 3, 3 (anti-aliased average pooling
-after blocks 2 and 4), a 1×1 convolution to invariant fields, global average pooling and
-batch-norm–ELU–Linear. Hidden fields are the group's irreps up to ``max_frequency`` (``width``
-copies), each with its own gate. ``method`` chooses the convolution used in every block; the plain
-CNN mirrors the same blocks with ``torch.nn.Conv2d`` and as many channels.
+after blocks 2 and 4), a 1×1 convolution to invariant fields, average pooling over the left and the
+right half of the image, and batch-norm–ELU–Linear. Hidden fields are the group's irreps up to
+``max_frequency`` (``width`` copies), each with its own gate. ``method`` chooses the convolution used in
+every block; the plain CNN mirrors the same blocks with ``torch.nn.Conv2d`` and as many channels.
+
+The read-out pools each half separately because a DoubleMNIST image is two digits side by side, each
+transformed on its own: the invariant features of each half describe one digit, and their order tells
+"37" from "73". Global pooling would make the network blind to that order (measured: a plain CNN on
+DoubleMNIST-C1 reaches 12% test accuracy after 5 epochs with global pooling, 69–82% with per-half pooling).
+
+The doubly-stochastic network (``method='ds'``, :class:`DSDoubleMNISTNet`) uses a finite group (the group
+itself for C_N/D_N, C8 for SO(2), D8 for O(2)): a lifting convolution to regular fields, four group
+convolutions, each followed by batch-norm and ELU, pooling over the group, and the same 1×1 convolution and
+read-out; every convolution learns its own representation of the group (:mod:`escnn_soft.nn.doubly_stochastic`).
 """
 from __future__ import annotations
 
@@ -21,6 +31,7 @@ from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 __all__ = [
     "GROUPS",
     "METHODS",
+    "DSDoubleMNISTNet",
     "PlainDoubleMNISTNet",
     "SteerableDoubleMNISTNet",
     "build_model",
@@ -29,7 +40,9 @@ __all__ = [
 ]
 
 GROUPS = ("C4", "D4", "C8", "D8", "SO2", "O2")
-METHODS = ("cnn", "strict", "probabilistic", "relaxed", "rpp", "rsteer")
+METHODS = ("cnn", "strict", "probabilistic", "relaxed", "rpp", "rsteer", "ds")
+#: the finite group of the doubly-stochastic network for each group of :data:`GROUPS` (escnn subgroup id)
+DS_SUBGROUP = {"C4": None, "D4": None, "C8": None, "D8": None, "SO2": 8, "O2": (0.0, 8)}
 KERNEL_SIZES = (7, 5, 3, 3, 3)
 POOL_AFTER = (1, 3)
 
@@ -75,7 +88,8 @@ def conv_factory(method: str, **method_kwargs) -> Callable[..., EquivariantModul
 
         return lambda i, o, k, padding: RSteerR2Conv(i, o, k, padding=padding, **method_kwargs)
     raise ValueError(f"method={method!r} has no steerable convolution; choose one of "
-                     f"{', '.join(m for m in METHODS if m != 'cnn')} (or build PlainDoubleMNISTNet for 'cnn')")
+                     f"{', '.join(m for m in METHODS if m not in ('cnn', 'ds'))} (or build PlainDoubleMNISTNet "
+                     f"for 'cnn', DSDoubleMNISTNet for 'ds')")
 
 
 def _irreps(gspace: GSpace2D, max_frequency: int):
@@ -124,19 +138,15 @@ class SteerableDoubleMNISTNet(torch.nn.Module):
         self.blocks = enn.SequentialModule(*blocks)
         self.invariant_type = FieldType(gspace, [gspace.trivial_repr] * n_invariant)
         self.invariant = make(current, self.invariant_type, 1, 0)
-        self.head = torch.nn.Sequential(torch.nn.BatchNorm1d(n_invariant), torch.nn.ELU(),
-                                        torch.nn.Linear(n_invariant, n_classes))
+        self.head = _head(n_invariant, n_classes)
 
     def features(self, x) -> GeometricTensor:
         """Invariant feature maps before pooling."""
-        t = x.tensor if isinstance(x, GeometricTensor) else x
-        t = F.interpolate(t, size=(57, 57), mode="bilinear", align_corners=False)
-        h = self.mask(GeometricTensor(t, self.in_type))
+        h = self.mask(GeometricTensor(_upsample(x), self.in_type))
         return self.invariant(self.blocks(h))
 
     def forward(self, x) -> torch.Tensor:
-        pooled = self.features(x).tensor.mean(dim=(2, 3))
-        return self.head(pooled)
+        return self.head(_pool_halves(self.features(x).tensor))
 
 
 class PlainDoubleMNISTNet(torch.nn.Module):
@@ -154,27 +164,99 @@ class PlainDoubleMNISTNet(torch.nn.Module):
             c_in = channels
         layers.append(torch.nn.Conv2d(c_in, n_invariant, 1))
         self.body = torch.nn.Sequential(*layers)
-        self.head = torch.nn.Sequential(torch.nn.BatchNorm1d(n_invariant), torch.nn.ELU(),
-                                        torch.nn.Linear(n_invariant, n_classes))
+        self.head = _head(n_invariant, n_classes)
 
     def forward(self, x) -> torch.Tensor:
-        t = x.tensor if isinstance(x, GeometricTensor) else x
-        t = F.interpolate(t, size=(57, 57), mode="bilinear", align_corners=False)
-        return self.head(self.body(t).mean(dim=(2, 3)))
+        return self.head(_pool_halves(self.body(_upsample(x))))
+
+
+class DSDoubleMNISTNet(torch.nn.Module):
+    """Doubly-stochastic DoubleMNIST classifier over a finite group (van der Linden et al., NeurIPS 2024).
+
+    Block 1 is a :class:`~escnn_soft.nn.DSLiftingConv` (kernel 7) from the masked image to ``fields`` regular
+    fields of the finite group ``G`` (``subgroup_id`` of the gspace's group, or the group itself), blocks 2–5
+    are :class:`~escnn_soft.nn.DSGroupConv` (kernels 5, 3, 3, 3), each followed by batch-norm over the
+    regular fields and ELU, with anti-aliased average pooling after blocks 2 and 4; then pooling over the
+    group, a 1×1 convolution to ``n_invariant`` channels and the read-out of the other networks. Every
+    convolution learns its own soft permutations (``init='random'``), i.e. its own representation of ``G``.
+    """
+
+    def __init__(self, gspace: GSpace2D, fields: int, subgroup_id=None, n_classes: int = 100,
+                 n_invariant: int = 32, **ds_kwargs):
+        super().__init__()
+        from escnn_soft.nn import DSGroupConv, DSLiftingConv
+
+        if fields < 1:
+            raise ValueError(f"fields={fields} is invalid: use a positive number of regular fields")
+        self.gspace = gspace
+        self.method = "ds"
+        self.in_type = FieldType(gspace, [gspace.trivial_repr])
+        self.mask = enn.MaskModule(self.in_type, 57, margin=1)
+        blocks: list[EquivariantModule] = []
+        for i, k in enumerate(KERNEL_SIZES):
+            if i == 0:
+                conv = DSLiftingConv(self.in_type, fields, k, subgroup_id=subgroup_id, padding=k // 2, **ds_kwargs)
+            else:
+                conv = DSGroupConv(current, fields, k, padding=k // 2, **ds_kwargs)
+            current = conv.out_type
+            block = [conv, enn.InnerBatchNorm(current), enn.ELU(current)]
+            if i in POOL_AFTER:
+                block.append(enn.PointwiseAvgPoolAntialiased2D(current, sigma=0.66, stride=2))
+            blocks.append(enn.SequentialModule(*block))
+        self.blocks = enn.SequentialModule(*blocks)
+        self.group_pool = enn.GroupPooling(current)
+        self.invariant = torch.nn.Conv2d(self.group_pool.out_type.size, n_invariant, 1)
+        self.head = _head(n_invariant, n_classes)
+
+    def features(self, x) -> torch.Tensor:
+        """Invariant feature maps before pooling (a plain tensor: the group lives on a subgroup's gspace)."""
+        h = self.mask(GeometricTensor(_upsample(x), self.in_type))
+        return self.invariant(self.group_pool(self.blocks(h)).tensor)
+
+    def forward(self, x) -> torch.Tensor:
+        return self.head(_pool_halves(self.features(x)))
+
+
+def _upsample(x) -> torch.Tensor:
+    """56×56 images (tensor or GeometricTensor) → 57×57, so the masked disc has a centre pixel."""
+    t = x.tensor if isinstance(x, GeometricTensor) else x
+    return F.interpolate(t, size=(57, 57), mode="bilinear", align_corners=False)
+
+
+def _pool_halves(t: torch.Tensor) -> torch.Tensor:
+    """Average of the feature maps over the left and the right half: ``(B, C, H, W) → (B, 2C)``."""
+    return F.adaptive_avg_pool2d(t, (1, 2)).flatten(1)
+
+
+def _head(n_invariant: int, n_classes: int) -> torch.nn.Sequential:
+    """Batch-norm–ELU–Linear on the pooled invariant features of both halves."""
+    return torch.nn.Sequential(torch.nn.BatchNorm1d(2 * n_invariant), torch.nn.ELU(),
+                               torch.nn.Linear(2 * n_invariant, n_classes))
 
 
 def build_model(method: str, group: str = "SO2", width: int = 2, max_frequency: int = 2, n_classes: int = 100,
                 **method_kwargs) -> torch.nn.Module:
     """A DoubleMNIST network for ``method`` (one of :data:`METHODS`) on ``group``.
 
-    The plain CNN gets as many channels per block as the steerable network's gated fields.
+    The plain CNN gets as many channels per block as the steerable network's gated fields; the
+    doubly-stochastic network as many regular fields of its finite group (:data:`DS_SUBGROUP`) as fill
+    that many channels (at least one).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; choose one of {', '.join(METHODS)}")
+    for name, value, low in (("width", width, 1), ("max_frequency", max_frequency, 0), ("n_classes", n_classes, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}={value!r} is invalid: use an int >= {low}")
     gspace = make_gspace(group, max_frequency)
     if method == "cnn":
         conv_out, _, _ = _gated_types(gspace, width, max_frequency)
         return PlainDoubleMNISTNet(conv_out.size, n_classes=n_classes)
+    if method == "ds":
+        conv_out, _, _ = _gated_types(gspace, width, max_frequency)
+        sid = DS_SUBGROUP[group]
+        order = (gspace.restrict(sid)[0] if sid is not None else gspace).fibergroup.order()
+        return DSDoubleMNISTNet(gspace, max(1, round(conv_out.size / order)), subgroup_id=sid, n_classes=n_classes,
+                                **method_kwargs)
     return SteerableDoubleMNISTNet(gspace, method=method, width=width, max_frequency=max_frequency,
                                    n_classes=n_classes, **method_kwargs)
 

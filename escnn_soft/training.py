@@ -1,13 +1,30 @@
 """Plain training and evaluation loops used by the command line and the benchmarks."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from escnn_soft.regularization import regularization_loss
 
-__all__ = ["evaluate", "train_epoch"]
+__all__ = ["cosine_lr", "evaluate", "set_lr", "train_epoch"]
+
+
+def cosine_lr(lr: float, epoch: int, epochs: int) -> float:
+    """Learning rate of epoch ``epoch`` (0-based) of ``epochs`` on a cosine schedule from ``lr``:
+    :math:`\\eta_e = \\eta\\,\\tfrac12\\big(1 + \\cos(\\pi e / E)\\big)`.
+
+    A function of the epoch index only (no scheduler state), so an interrupted run resumes on the same schedule.
+    """
+    return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group of ``optimizer``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def train_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
