@@ -61,7 +61,7 @@ def _run(method: str, symmetry: str, seed: int, cfg: argparse.Namespace, folder:
         cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TQDM_DISABLE": "1"}
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"run {method}/{symmetry}/seed {seed} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     out = json.loads(result.read_text())[method]
@@ -74,8 +74,9 @@ def _run(method: str, symmetry: str, seed: int, cfg: argparse.Namespace, folder:
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "—"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def _headline(method: str, degree: dict) -> str:
@@ -92,8 +93,8 @@ def _headline(method: str, degree: dict) -> str:
 def tables(results: dict, cfg: argparse.Namespace) -> str:
     """Markdown: accuracy table with the references, hardened accuracy, learned degree per layer, verdicts."""
     syms = cfg.symmetries
-    lines = [f"Test accuracy, mean ± std over {cfg.seeds} seeds ({cfg.n_images} images, {cfg.epochs} epochs, "
-             f"width {cfg.width}, group {cfg.group}); in brackets the reference of METHODS section 6.", "",
+    lines = [(f"Test accuracy, mean ± std over up to {cfg.seeds} seeds ({cfg.n_images} images, {cfg.epochs} epochs, "
+             f"width {cfg.width}, group {cfg.group}); in brackets the reference of METHODS section 6."), "",
              "| method | " + " | ".join(syms) + " | mean |", "|---" * (len(syms) + 2) + "|"]
     means: dict[str, dict[str, float]] = {}
     for m in cfg.methods:
@@ -114,10 +115,10 @@ def tables(results: dict, cfg: argparse.Namespace) -> str:
             cells = [_mean_std([r["hardened"]["test_accuracy"] for r in results.get((m, s), []) if "hardened" in r])
                      for s in syms]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "What each layer learned (seed 0): probabilistic, 1 − non-equivariant fraction of λ (1 = strictly "
+    lines += ["", ("What each layer learned (seed 0): probabilistic, 1 − non-equivariant fraction of λ (1 = strictly "
               "SO(2)-equivariant); relaxed/RPP/R-steer, relative norm of the non-equivariant part of the filter "
               "(0 = strict); DS, partition distance of the hardened sharing to the true group action, as a "
-              "fraction of the filter entries (0 = the regular group convolution).", ""]
+              "fraction of the filter entries (0 = the regular group convolution)."), ""]
     for m in [m for m in cfg.methods if m in ("probabilistic", "relaxed", "rpp", "rsteer", "ds")]:
         first = results.get((m, syms[0]), [])
         if not first or not first[0].get("degrees"):
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", default=None, help="default benchmarks/doublemnist_<scale>")
     p.add_argument("--markdown", default=None, help="write the tables here (default <out>/results.md)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: tabulate the runs already finished in --out (e.g. of an interrupted comparison)")
     cfg = p.parse_args(argv)
     for key, value in SCALES[cfg.scale].items():
         if getattr(cfg, key) is None:
@@ -180,16 +183,23 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(m, s, k) for k in range(cfg.seeds) for s in cfg.symmetries for m in cfg.methods]
     print(f"DoubleMNIST comparison, scale {cfg.scale}: {len(jobs)} runs, {cfg.workers} at a time; folder {out}")
     t0 = time.time()
-    with ThreadPoolExecutor(cfg.workers) as pool:
-        futures = {job: pool.submit(_run, *job, cfg, out / "runs" / "-".join(map(str, job))) for job in jobs}
-        results: dict[tuple[str, str], list[dict]] = {}
-        for (m, s, _), fut in futures.items():
-            results.setdefault((m, s), []).append(fut.result())
+    results: dict[tuple[str, str], list[dict]] = {}
+    if cfg.report_only:
+        for m, s, k in jobs:
+            done = out / "runs" / f"{m}-{s}-{k}" / "results.json"
+            if done.is_file():
+                results.setdefault((m, s), []).append(json.loads(done.read_text())[m])
+        print(f"{sum(map(len, results.values()))} of {len(jobs)} runs finished")
+    else:
+        with ThreadPoolExecutor(cfg.workers) as pool:
+            futures = {job: pool.submit(_run, *job, cfg, out / "runs" / "-".join(map(str, job))) for job in jobs}
+            for (m, s, _), fut in futures.items():
+                results.setdefault((m, s), []).append(fut.result())
     device = torch.cuda.get_device_name(0) if cfg.device == "cuda" else f"CPU ({platform.processor() or 'x86_64'}, " \
              f"{os.cpu_count()} cores, {cfg.threads} thread per run, {cfg.workers} runs at a time)"
-    text = (f"## DoubleMNIST comparison, scale {cfg.scale} ({device}, torch {torch.__version__}; "
-            f"{(time.time() - t0) / 60:.0f} min)\n\nCommand: `.venv/bin/python benchmarks/doublemnist.py --scale "
-            f"{cfg.scale}`\n\n" + tables(results, cfg) + "\n")
+    took = "" if cfg.report_only else f"; {(time.time() - t0) / 60:.0f} min"
+    text = (f"## DoubleMNIST comparison, scale {cfg.scale} ({device}, torch {torch.__version__}{took})\n\n"
+            f"Command: `.venv/bin/python benchmarks/doublemnist.py --scale {cfg.scale}`\n\n" + tables(results, cfg) + "\n")
     print("\n" + text)
     Path(cfg.markdown or out / "results.md").write_text(text)
     return 0

@@ -193,9 +193,10 @@ class DSDoubleMNISTNet(torch.nn.Module):
         self.in_type = FieldType(gspace, [gspace.trivial_repr])
         self.mask = enn.MaskModule(self.in_type, 57, margin=1)
         blocks: list[EquivariantModule] = []
+        current: FieldType = self.in_type
         for i, k in enumerate(KERNEL_SIZES):
             if i == 0:
-                conv = DSLiftingConv(self.in_type, fields, k, subgroup_id=subgroup_id, padding=k // 2, **ds_kwargs)
+                conv = DSLiftingConv(current, fields, k, subgroup_id=subgroup_id, padding=k // 2, **ds_kwargs)
             else:
                 conv = DSGroupConv(current, fields, k, padding=k // 2, **ds_kwargs)
             current = conv.out_type
