@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -130,6 +130,57 @@ def _identity_neighbourhood(group: Group, n: int, generator: torch.Generator | N
     return [group.element((0, qi), "Q") for qi in q]
 
 
+class _Constants(NamedTuple):
+    """What a :class:`GroupLikelihood` derives from its group and arguments alone (nothing learned)."""
+
+    group: Group  # held so that the id(group) of the cache key cannot be reused while the entry lives
+    grid: tuple[GroupElement, ...]
+    grid_key: tuple[str, ...]
+    synthesis: np.ndarray  # read-only float64 arrays
+    analysis: np.ndarray
+    alignment_features: np.ndarray
+    identity_pool: np.ndarray
+
+
+_CONSTANTS: dict[tuple[int, int, int, int | None, int], _Constants] = {}
+
+
+def _compute_constants(group: Group, irreps: list[IrreducibleRepresentation],
+                       out_irreps: list[IrreducibleRepresentation], L_out: int, grid_size: int | None,
+                       n_identity_samples: int) -> _Constants:
+    """The grid, the Fourier synthesis/analysis matrices and the alignment features of a likelihood."""
+    grid = _grid(group, grid_size, sum(irrep.size ** 2 for irrep in out_irreps))
+    synthesis = irrep_features(irreps, grid)
+    basis = irrep_features(out_irreps, grid, weighted=False)
+    gram = haar_gram(out_irreps)
+    if np.linalg.matrix_rank(basis) < np.linalg.matrix_rank(gram):
+        raise ValueError(f"grid_size={grid_size}: {len(grid)} grid points cannot resolve the irreps up "
+                         f"to L_out={L_out}; use a larger grid_size (or leave it None)")
+    analysis = gram @ np.linalg.pinv(basis, rcond=1e-10)
+    grid_and_identity = irrep_features(out_irreps, list(grid) + [group.identity])
+    pool = _identity_neighbourhood(group, 8 * n_identity_samples, torch.Generator().manual_seed(0))
+    pool_features = irrep_features(out_irreps, pool) if pool else np.zeros((0, analysis.shape[0]))
+    arrays = [np.asarray(a, dtype=np.float64) for a in (synthesis, analysis, grid_and_identity, pool_features)]
+    for a in arrays:
+        a.setflags(write=False)
+    return _Constants(group, tuple(grid), tuple(str(g) for g in grid), *arrays)
+
+
+def _constants(group: Group, irreps: list[IrreducibleRepresentation], out_irreps: list[IrreducibleRepresentation],
+               L: int, L_out: int, grid_size: int | None, n_identity_samples: int) -> _Constants:
+    """:func:`_compute_constants`, memoised per (group object, band limits, grid size, pool size).
+
+    Every likelihood over one group with the same arguments has the same grid and matrices; for SO(3) they
+    take a Thomson grid from escnn's disk cache and ~10^3 Wigner matrices, most of the construction time
+    of a probabilistic R3Conv. The cache holds read-only NumPy arrays that each likelihood copies into
+    tensors of its own, so no two likelihoods share a tensor.
+    """
+    key = (id(group), L, L_out, grid_size, n_identity_samples)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = _compute_constants(group, irreps, out_irreps, L_out, grid_size, n_identity_samples)
+    return _CONSTANTS[key]
+
+
 class GroupLikelihood(torch.nn.Module):
     """A learnable density :math:`\\lambda` over a compact escnn group, given by Fourier coefficients.
 
@@ -171,26 +222,19 @@ class GroupLikelihood(torch.nn.Module):
         for irrep in self.out_irreps:
             self._out_slices.append((irrep, p, irrep.size))
             p += irrep.size ** 2
-        n_out = p
-        self.grid = _grid(group, grid_size, n_out)
-        self._grid_key = tuple(str(g) for g in self.grid)  # compared by kl() on every training step
-        synthesis = irrep_features(self.irreps, self.grid)
-        basis = irrep_features(self.out_irreps, self.grid, weighted=False)
-        if np.linalg.matrix_rank(basis) < np.linalg.matrix_rank(haar_gram(self.out_irreps)):
-            raise ValueError(f"grid_size={grid_size}: {len(self.grid)} grid points cannot resolve the irreps up "
-                             f"to L_out={self.L_out}; use a larger grid_size (or leave it None)")
-        analysis = haar_gram(self.out_irreps) @ np.linalg.pinv(basis, rcond=1e-10)
-        self.register_buffer("synthesis", torch.tensor(synthesis, dtype=torch.float64), persistent=False)
-        self.register_buffer("analysis", torch.tensor(analysis, dtype=torch.float64), persistent=False)
-        grid_and_identity = irrep_features(self.out_irreps, list(self.grid) + [group.identity])
-        pool = _identity_neighbourhood(group, 8 * self.n_identity_samples, torch.Generator().manual_seed(0))
-        pool_features = irrep_features(self.out_irreps, pool) if pool else np.zeros((0, analysis.shape[0]))
-        self.register_buffer("alignment_features", torch.tensor(grid_and_identity), persistent=False)
-        self.register_buffer("identity_pool", torch.tensor(pool_features), persistent=False)
-        trivial = torch.zeros(analysis.shape[0], dtype=torch.float64)
+        const = _constants(group, self.irreps, self.out_irreps, self.L, self.L_out, grid_size,
+                           self.n_identity_samples)
+        self.grid = list(const.grid)
+        self._grid_key = const.grid_key  # compared by kl() on every training step
+        # torch.tensor copies: every likelihood owns its buffers, none is a view of the cache
+        self.register_buffer("synthesis", torch.tensor(const.synthesis), persistent=False)
+        self.register_buffer("analysis", torch.tensor(const.analysis), persistent=False)
+        self.register_buffer("alignment_features", torch.tensor(const.alignment_features), persistent=False)
+        self.register_buffer("identity_pool", torch.tensor(const.identity_pool), persistent=False)
+        trivial = torch.zeros(const.analysis.shape[0], dtype=torch.float64)
         trivial[0] = 1.0  # vec Λ̂ of the uniform density: the trivial irrep comes first
         self.register_buffer("trivial_indicator", trivial, persistent=False)
-        init = torch.zeros(synthesis.shape[1], dtype=torch.float64)
+        init = torch.zeros(const.synthesis.shape[1], dtype=torch.float64)
         init[0] = 1.0  # the trivial irrep comes first: lambda' = 1, so lambda is uniform
         self.coefficients = torch.nn.Parameter(init)
 
@@ -203,6 +247,15 @@ class GroupLikelihood(torch.nn.Module):
         logits = self._unnormalised()
         w = torch.exp(logits - logits.max())
         return w / w.mean()
+
+    def _log_grid_density(self) -> torch.Tensor:
+        """:math:`\\log\\lambda(h_n) = \\lambda'(h_n) - \\operatorname{logsumexp}_k \\lambda'(h_k) + \\log N`.
+
+        Finite wherever the logits are, also where :math:`\\lambda(h_n)` underflows to 0 (logits of size 1e4),
+        so that :math:`\\lambda\\log\\lambda` and its gradient stay finite there (``xlogy`` has an infinite
+        derivative at 0, and 0 times it is NaN).
+        """
+        return torch.log_softmax(self._unnormalised(), dim=0) + math.log(len(self.grid))
 
     def _fourier_flat(self) -> torch.Tensor:
         # Λ̂ = analysis @ λ, written as analysis @ (λ - 1) + Λ̂(1): the constant 1 has exactly the trivial
@@ -247,11 +300,12 @@ class GroupLikelihood(torch.nn.Module):
         evaluated from its Fourier coefficients on this likelihood's grid, clamped at 1e-12 and
         renormalised to mean 1, so the result is >= 0 and exactly 0 for identical likelihoods.
         """
-        p = self.grid_density()
+        p, log_p = self.grid_density(), self._log_grid_density()
         if other is None:
-            return torch.special.xlogy(p, p).mean()
+            return (p * log_p).mean()
         if not isinstance(other, GroupLikelihood):
-            raise TypeError(f"other: expected a GroupLikelihood or None, got {type(other).__name__}")
+            raise TypeError(f"other: expected a GroupLikelihood or None (uniform), got {type(other).__name__} "
+                            f"({other!r})")
         if other.group != self.group:
             raise ValueError(f"other: its group {other.group} differs from this likelihood's group {self.group}; "
                              f"a KL needs densities over the same group")
@@ -262,7 +316,7 @@ class GroupLikelihood(torch.nn.Module):
                 q = other.density(self.grid)
             q = q.to(p).clamp_min(1e-12)
             q = q / q.mean()
-        return (torch.special.xlogy(p, p) - p * torch.log(q)).mean()
+        return (p * (log_p - torch.log(q))).mean()
 
     def alignment_loss(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """:math:`D_{align} = \\max_h \\lambda(h) - \\lambda(e)` over the grid plus samples near ``e``.
@@ -336,7 +390,10 @@ class GroupLikelihood(torch.nn.Module):
             out: dict[str, Any] = {"group": self.group.name, "entropy": float(self.entropy()), "subgroups": {}}
             grid_density = self.grid_density()
             for name, sid in subgroups.items():
-                entry = {"invariance": float(self.invariance(sid))}
+                try:
+                    entry = {"invariance": float(self.invariance(sid))}
+                except ValueError as err:
+                    raise ValueError(f"subgroups: entry {name!r}: {err}") from None
                 if self.group.order() > 0:
                     _, _, child = subgroup(self.group, sid)
                     member = torch.tensor([child(g) is not None for g in self.grid], device=grid_density.device)
@@ -357,7 +414,8 @@ class GroupLikelihood(torch.nn.Module):
             raise ValueError(f"values: expected shape ({len(self.grid)},) (one per grid element), "
                              f"got {tuple(values.shape)}")
         if torch.any(values < 0) or not torch.any(values > 0):
-            raise ValueError("values: a density must be >= 0 and positive somewhere")
+            raise ValueError(f"values: a density must be >= 0 and positive somewhere, got {values.tolist()}; "
+                             f"pass non-negative values, at least one of them positive")
         positive = values > 0
         logits = torch.full_like(values, -float(floor))
         logits[positive] = torch.log(values[positive] / values[positive].max())

@@ -5,7 +5,7 @@ import torch
 from escnn import group
 
 from escnn_soft import GroupLikelihood
-from escnn_soft.likelihood import band_limited_irreps, haar_gram, irrep_features
+from escnn_soft.likelihood import _compute_constants, band_limited_irreps, haar_gram, irrep_features
 
 TWO_D_GROUPS = {
     "C8": lambda: group.cyclic_group(8),
@@ -137,3 +137,21 @@ def test_plot_returns_a_figure(G, tmp_path):
     fig = lik.plot()
     fig.savefig(tmp_path / "lik.png")
     assert (tmp_path / "lik.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["C8", "O2", "SO3"])
+def test_cached_constants_are_private_copies_equal_to_an_uncached_build(name):
+    """Likelihoods over one group reuse one computation of their grid and matrices, but own their tensors."""
+    G = group.so3_group(2) if name == "SO3" else TWO_D_GROUPS[name]()
+    a, b = GroupLikelihood(G, L=2), GroupLikelihood(G, L=2)  # b comes from the cache
+    storages = lambda m: {t.untyped_storage().data_ptr() for t in [*m.parameters(), *m.buffers()] if t.numel()}
+    assert not storages(a) & storages(b)
+    irreps, _ = band_limited_irreps(G, 2)
+    fresh = _compute_constants(G, irreps, irreps, 2, None, b.n_identity_samples)
+    for buffer in ("synthesis", "analysis", "alignment_features", "identity_pool"):
+        np.testing.assert_array_equal(getattr(b, buffer).numpy(), getattr(fresh, buffer))
+    assert b.grid == list(fresh.grid) and b.grid is not a.grid
+    with torch.no_grad():
+        a.analysis.add_(1.0)  # writing into one likelihood's buffer reaches neither the cache nor the others
+    np.testing.assert_array_equal(GroupLikelihood(G, L=2).analysis.numpy(), fresh.analysis)
+    np.testing.assert_array_equal(b.analysis.numpy(), fresh.analysis)

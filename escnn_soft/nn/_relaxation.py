@@ -22,7 +22,6 @@ import torch
 from escnn.group import O2, SO2, DihedralGroup, Group, GroupElement
 from escnn.gspaces import GSpace, GSpace2D
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
-from escnn.nn.init import _generalized_he_init_variances
 from escnn.nn.modules.basismanager import BlocksBasisExpansion
 from escnn.nn.modules.conv.r2convolution import R2Conv, compute_basis_params
 from escnn.nn.modules.conv.rd_convolution import get_grid_coords
@@ -30,7 +29,7 @@ from torch.nn.functional import conv2d, pad
 
 from escnn_soft.metrics.equivariance import equivariance_error, is_grid_exact
 from escnn_soft.nn.base import SoftModule
-from escnn_soft.nn.basis import private_blocks_expansion
+from escnn_soft.nn.basis import he_stds, private_blocks_expansion
 from escnn_soft.subgroups import default_subgroups
 from escnn_soft.subgroups import subgroup as escnn_soft_subgroup
 
@@ -38,7 +37,6 @@ __all__ = [
     "SoftR2ConvBase",
     "bessel_j0",
     "expand_blocks",
-    "he_stds",
     "orbit_classes",
     "projection_coefficients",
     "projection_gram",
@@ -257,11 +255,6 @@ def projection_coefficients(expansion: BlocksBasisExpansion, filt: torch.Tensor)
     return weights
 
 
-def he_stds(expansion: BlocksBasisExpansion) -> torch.Tensor:
-    """Per-coefficient standard deviations of escnn's generalised He initialisation (shape ``(D,)``)."""
-    return _generalized_he_init_variances(expansion)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Bessel J0 with autograd (torch.special.bessel_j0 has no derivative)
 
@@ -350,12 +343,11 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
         if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
             raise ValueError(f"padding_mode: {padding_mode!r} is not one of 'zeros', 'reflect', 'replicate', "
                              "'circular'")
-        if isinstance(padding, int):
-            pad2 = (padding, padding)
-        elif isinstance(padding, tuple) and len(padding) == 2 and all(isinstance(p, int) for p in padding):
-            pad2 = padding
-        else:
-            raise ValueError(f"padding: expected an int or a tuple of 2 ints, got {padding!r}")
+        pad2 = (padding, padding) if isinstance(padding, int) else padding
+        if not (isinstance(pad2, tuple) and len(pad2) == 2
+                and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pad2)):
+            raise ValueError(f"padding: expected an int >= 0 or a tuple of 2 such ints, got {padding!r}; "
+                             "use e.g. padding=kernel_size // 2")
         if groups > 1 and (len(in_type) % groups or len(out_type) % groups):
             raise ValueError(f"groups: {groups} does not divide the number of fields of in_type ({len(in_type)}) "
                              f"and out_type ({len(out_type)}); pass a common divisor")

@@ -43,7 +43,7 @@ from escnn.nn.modules.conv.r2convolution import compute_basis_params
 
 from escnn_soft.likelihood import GroupLikelihood
 from escnn_soft.nn.base import SoftModule, iter_modules
-from escnn_soft.nn.basis import private_sampled_basis, privatize_
+from escnn_soft.nn.basis import he_stds, private_sampled_basis, privatize_
 
 __all__ = ["ProbabilisticLinear", "ProbabilisticR2Conv", "ProbabilisticR3Conv"]
 
@@ -76,6 +76,23 @@ def _check_kernel_size(kernel_size: Any) -> None:
         raise TypeError(f"kernel_size: expected an int, got {type(kernel_size).__name__} ({kernel_size!r})")
     if kernel_size < 1:
         raise ValueError(f"kernel_size={kernel_size} is invalid: use a positive int (e.g. 3, 5 or 7)")
+
+
+def _check_geometry(padding: Any, stride: Any, dilation: Any, d: int) -> None:
+    for name, value in (("stride", stride), ("dilation", dilation)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}: expected an int >= 1, got {value!r}; use e.g. {name}=1")
+    pads = padding if isinstance(padding, tuple) else (padding,)
+    if (isinstance(padding, tuple) and len(padding) != d) or any(
+            isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0 for p in pads):
+        raise ValueError(f"padding: expected an int >= 0 or a tuple of {d} such ints, got {padding!r}; "
+                         f"use e.g. padding=kernel_size // 2")
+
+
+def _empty_basis(kernel_size: int) -> ValueError:
+    return ValueError(f"in_type/out_type: escnn's steerable basis between these field types is empty for "
+                      f"kernel_size={kernel_size}; raise kernel_size or frequencies_cutoff, or change "
+                      f"rings/sigma/basis_filter")
 
 
 class _Pathway(torch.nn.Module):
@@ -140,7 +157,7 @@ class _Pathway(torch.nn.Module):
             kernels = (w @ contracted).view(n_out, n_in, o, a, -1).permute(0, 2, 1, 3, 4)
             out_idx = getattr(self, f"out_idx_{k}")[:, :, None, None]
             in_idx = getattr(self, f"in_idx_{k}")[None, None, :, :]
-            filt = filt.index_put((out_idx, in_idx), kernels)
+            filt = filt.index_put((out_idx, in_idx), kernels.to(filt.dtype))  # matmul may run in an autocast dtype
         return filt
 
 
@@ -171,6 +188,13 @@ class _ProbabilisticFilter(SoftModule):
 
     likelihood: GroupLikelihood
     pathways: torch.nn.ModuleList
+
+    def _init_strict_weights(self, initialize: bool) -> None:
+        """escnn's generalised He initialisation of the strict ``weights`` (the same random draws), without
+        escnn's Python loop over every coefficient (seconds for a 512-channel layer)."""
+        if initialize:
+            with torch.no_grad():
+                self.weights.copy_(he_stds(self.basisexpansion) * torch.randn(self.weights.shape))  # type: ignore
 
     def _setup(self, in_type: FieldType, out_type: FieldType, likelihood: GroupLikelihood | None, L: int,
                L_out: int | None, basis_generator, points: np.ndarray, basis_filter, initialize: bool) -> None:
@@ -274,6 +298,16 @@ class _ProbabilisticConv(_ProbabilisticFilter):
         self._setup(in_type, out_type, likelihood, L, L_out, self._build_kernel_basis,  # type: ignore
                     self.basisexpansion.points, bf, initialize)  # type: ignore[attr-defined]
 
+    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        c_in = self.in_type.size  # type: ignore[attr-defined]
+        if len(input_shape) != 2 + self.d or input_shape[1] != c_in:
+            raise ValueError(f"input_shape: expected (batch, {c_in}, {', '.join('HWD'[:self.d])}), got "
+                             f"{tuple(input_shape)}")
+        pads = self.padding if isinstance(self.padding, tuple) else (self.padding,) * self.d  # type: ignore
+        extent = self.dilation * (self.kernel_size - 1) + 1  # type: ignore[attr-defined]
+        size = [(n + 2 * p - extent) // self.stride + 1 for n, p in zip(input_shape[2:], pads)]  # type: ignore
+        return (input_shape[0], self.out_type.size, *size)  # type: ignore[attr-defined]
+
     def forward(self, input: GeometricTensor) -> GeometricTensor:
         _check_input(input, self.in_type)  # type: ignore[attr-defined]
         filt, bias = self._current_filter()
@@ -330,14 +364,21 @@ class ProbabilisticR2Conv(_ProbabilisticConv, R2Conv):
         _check_types(in_type, out_type)
         _check_kernel_size(kernel_size)
         _check_groups(groups)
+        _check_geometry(padding, stride, dilation, 2)
         if in_type.gspace.dimensionality != 2:
             raise ValueError(f"in_type: ProbabilisticR2Conv needs a 2D gspace, got {in_type.gspace}; "
                              f"use ProbabilisticR3Conv for 3D or ProbabilisticLinear for no base space")
-        R2Conv.__init__(self, in_type, out_type, kernel_size, padding=padding, stride=stride, dilation=dilation,
-                        padding_mode=padding_mode, groups=groups, bias=bias, sigma=sigma,
-                        frequencies_cutoff=frequencies_cutoff, rings=rings, maximum_offset=maximum_offset,
-                        basis_filter=basis_filter, initialize=initialize)
+        try:
+            R2Conv.__init__(self, in_type, out_type, kernel_size, padding=padding, stride=stride, dilation=dilation,
+                            padding_mode=padding_mode, groups=groups, bias=bias, sigma=sigma,
+                            frequencies_cutoff=frequencies_cutoff, rings=rings, maximum_offset=maximum_offset,
+                            basis_filter=basis_filter, initialize=False)
+        except ValueError as err:
+            if "filter is empty" not in str(err):
+                raise
+            raise _empty_basis(kernel_size) from None
         privatize_(self.basisexpansion)
+        self._init_strict_weights(initialize)
         self._init_conv(in_type, out_type, kernel_size, likelihood, L, L_out, dilation, sigma,
                         frequencies_cutoff, rings, basis_filter, initialize)
 
@@ -356,14 +397,21 @@ class ProbabilisticR3Conv(_ProbabilisticConv, R3Conv):
         _check_types(in_type, out_type)
         _check_kernel_size(kernel_size)
         _check_groups(groups)
+        _check_geometry(padding, stride, dilation, 3)
         if in_type.gspace.dimensionality != 3:
             raise ValueError(f"in_type: ProbabilisticR3Conv needs a 3D gspace, got {in_type.gspace}; "
                              f"use ProbabilisticR2Conv for 2D")
-        R3Conv.__init__(self, in_type, out_type, kernel_size, padding=padding, stride=stride, dilation=dilation,
-                        padding_mode=padding_mode, groups=groups, bias=bias, sigma=sigma,
-                        frequencies_cutoff=frequencies_cutoff, rings=rings,
-                        basis_filter=basis_filter, initialize=initialize)
+        try:
+            R3Conv.__init__(self, in_type, out_type, kernel_size, padding=padding, stride=stride, dilation=dilation,
+                            padding_mode=padding_mode, groups=groups, bias=bias, sigma=sigma,
+                            frequencies_cutoff=frequencies_cutoff, rings=rings,
+                            basis_filter=basis_filter, initialize=False)
+        except ValueError as err:
+            if "filter is empty" not in str(err):
+                raise
+            raise _empty_basis(kernel_size) from None
         privatize_(self.basisexpansion)
+        self._init_strict_weights(initialize)
         self._init_conv(in_type, out_type, kernel_size, likelihood, L, L_out, dilation, sigma,
                         frequencies_cutoff, rings, basis_filter, initialize)
 
@@ -380,13 +428,23 @@ class ProbabilisticLinear(_ProbabilisticFilter, EscnnLinear):
         if in_type.gspace.dimensionality != 0:
             raise ValueError(f"in_type: ProbabilisticLinear needs field types on a no_base_space gspace "
                              f"(escnn.gspaces.no_base_space(group)), got {in_type.gspace}")
-        EscnnLinear.__init__(self, in_type, out_type, bias=bias, initialize=initialize)
+        EscnnLinear.__init__(self, in_type, out_type, bias=bias, initialize=False)
+        if self.basisexpansion.dimension() == 0:  # escnn would fail in its first forward (IndexError)
+            raise ValueError(f"in_type/out_type: escnn's equivariant basis between these field types is empty "
+                             f"(no {in_type.fibergroup.name}-equivariant map from {in_type} to {out_type}); "
+                             f"add output fields that share an irrep with the input fields")
         privatize_(self.basisexpansion)
+        self._init_strict_weights(initialize)
         self._setup(in_type, out_type, likelihood, L, L_out, self.space.build_fiber_intertwiner_basis,
                     np.zeros((1, 1)), None, initialize)
 
     def _strict_expansion(self):
         return EscnnLinear.expand_parameters(self)
+
+    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) != 2 or input_shape[1] != self.in_type.size:
+            raise ValueError(f"input_shape: expected (batch, {self.in_type.size}), got {tuple(input_shape)}")
+        return (input_shape[0], self.out_type.size)
 
     def forward(self, input: GeometricTensor) -> GeometricTensor:
         _check_input(input, self.in_type)

@@ -44,6 +44,28 @@ def test_initial_layer_is_the_strict_r2conv(name):
     torch.testing.assert_close(layer(x).tensor, strict(x).tensor, atol=1e-6, rtol=1e-6)
 
 
+def _he_cases():
+    so2 = gspaces.rot2dOnR2(-1, maximum_frequency=4)
+    so3 = gspaces.rot3dOnR3(maximum_frequency=1)
+    c4 = gspaces.no_base_space(group.cyclic_group(4))
+    t3 = nn.FieldType(so3, [so3.trivial_repr, so3.irrep(1)])
+    t0 = nn.FieldType(c4, [c4.regular_repr] * 2)
+    return {"R2Conv": (nn.R2Conv, ProbabilisticR2Conv, *_types(so2, width=2), (5,)),
+            "R3Conv": (nn.R3Conv, ProbabilisticR3Conv, t3, t3, (3,)),
+            "Linear": (nn.Linear, ProbabilisticLinear, t0, t0, ())}
+
+
+@pytest.mark.parametrize("case", ["R2Conv", "R3Conv", "Linear"])
+def test_initial_weights_are_escnn_he_initialisation_with_the_same_draws(case):
+    """The strict weights are initialised without escnn's per-coefficient loop, but to the same values."""
+    strict_cls, cls, t_in, t_out, args = _he_cases()[case]
+    torch.manual_seed(3)
+    strict = strict_cls(t_in, t_out, *args)
+    torch.manual_seed(3)
+    layer = cls(t_in, t_out, *args)
+    torch.testing.assert_close(layer.weights, strict.weights, rtol=0, atol=0)
+
+
 def test_initial_r3conv_and_linear_are_strict():
     gs = gspaces.rot3dOnR3(maximum_frequency=1)
     t_in = nn.FieldType(gs, [gs.trivial_repr, gs.irrep(1)])
