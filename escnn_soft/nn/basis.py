@@ -75,7 +75,7 @@ def privatize_(expansion: BlocksBasisExpansion) -> BlocksBasisExpansion:
             private = SingleBlockBasisExpansion.__new__(SingleBlockBasisExpansion)
             torch.nn.Module.__init__(private)
             object.__setattr__(private, "basis", block.basis)
-            private._mask = block._mask
+            private._mask = block._mask.clone()  # escnn never writes it, but nothing is shared between models
             private.register_buffer("sampled_basis", _private(block.sampled_basis))
             setattr(expansion, name, private)
     return expansion
