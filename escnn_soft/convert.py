@@ -103,6 +103,9 @@ def soften(model: torch.nn.Module, method: str = "probabilistic", names: Iterabl
     for t in types:
         if t not in _STRICT_TYPES:
             raise ValueError(f"types: {t!r} cannot be softened; use a subset of (R2Conv, R3Conv, Linear)")
+    if isinstance(names, str):
+        raise TypeError(f"names: expected an iterable of module names, got the string {names!r}; pass a list, "
+                        f"e.g. names=[{names!r}]")
     wanted = set(names) if names is not None else None
     if wanted is not None:
         known = {n for n, _ in model.named_modules()}
@@ -187,6 +190,11 @@ def _harden_layer(layer: EquivariantModule, threshold: float, subgroups: dict[st
     candidates.setdefault(group.name, None)
     if all(sid is not None for sid in candidates.values()):
         candidates[group.name] = None
+    for sub_name, sid in candidates.items():
+        try:
+            subgroup(group, sid)
+        except ValueError as err:
+            raise ValueError(f"subgroups: entry {sub_name!r} of layer {name!r}: {err}") from None
     order = sorted(candidates.items(), key=lambda kv: _group_size(group, kv[1], list(candidates).index(kv[0])),
                    reverse=True)
     weight, bias = _exported(layer)
@@ -242,7 +250,9 @@ def harden(model: torch.nn.Module, threshold: float = 0.99, subgroups: dict[str,
 
     Returns the model, and with ``return_log=True`` also ``{layer name: {subgroup, residual}}``.
     """
-    if not 0.0 < threshold <= 1.0:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold={threshold!r} is invalid: use a float in (0, 1], e.g. 0.99 (keep a subgroup "
                          f"when at most 1% of the filter norm breaks it)")
     log: dict[str, dict[str, Any]] = {}

@@ -16,6 +16,12 @@ def _divisors(n: int) -> list:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def _check_group(group: Any) -> None:
+    if not isinstance(group, Group):
+        raise TypeError(f"group: expected an escnn Group, got {type(group).__name__} ({group!r}); build one with "
+                        f"escnn.group (e.g. dihedral_group(4), so2_group()) or take gspace.fibergroup")
+
+
 def default_subgroups(group: Group) -> dict[str, Any]:
     """``{name: escnn subgroup id}`` of the subgroups worth reporting for ``group``.
 
@@ -23,6 +29,7 @@ def default_subgroups(group: Group) -> dict[str, Any]:
     D_N: flips, C_d and D_d for the divisors d of N; SO(3): C4 and SO(2) about z, O(2), the
     octahedral group, SO(3); O(3): the octahedral groups, SO(3), O(3).
     """
+    _check_group(group)
     if isinstance(group, O2):
         return {"flips": (0.0, 1), "C2": (None, 2), "C4": (None, 4), "D4": (0.0, 4), "SO2": (None, -1),
                 "O2": None}
@@ -48,7 +55,19 @@ def default_subgroups(group: Group) -> dict[str, Any]:
 
 
 def subgroup(group: Group, sid: Any):
-    """``(H, parent_map, child_map)`` for ``sid``; ``None`` means the whole group."""
+    """``(H, parent_map, child_map)`` for ``sid``; ``None`` means the whole group.
+
+    Raises:
+        TypeError: ``group`` is not an escnn group.
+        ValueError: ``sid`` is not an escnn subgroup id of ``group``.
+    """
+    _check_group(group)
     if sid is None:
         return group, (lambda h: h), (lambda g: g)
-    return group.subgroup(sid)
+    try:
+        return group.subgroup(sid)
+    except Exception as err:  # escnn rejects ids with AssertionError, KeyError, TypeError, ValueError, ...
+        detail = str(err).strip() or type(err).__name__
+        examples = [v for v in default_subgroups(group).values() if v is not None]
+        raise ValueError(f"sid: {sid!r} is not a subgroup id of {group.name} ({detail}); pass an escnn subgroup "
+                         f"id of {group.name}, e.g. one of {examples}, or None for the whole group") from err

@@ -50,7 +50,22 @@ def assert_equivariant(module: EquivariantModule, x: GeometricTensor | None = No
 
     Raises:
         AssertionError: listing every element whose error exceeds ``atol + rtol * max|h f(x)|``.
+        TypeError, ValueError: for bad arguments, naming the argument.
     """
+    if not isinstance(module, EquivariantModule):
+        raise TypeError(f"module: expected an escnn EquivariantModule, got {type(module).__name__}; wrap a plain "
+                        "torch module with escnn_soft.metrics.WrappedModule(module, in_type, out_type)")
+    if x is not None and not isinstance(x, GeometricTensor):
+        raise TypeError(f"x: expected a GeometricTensor or None, got {type(x).__name__}; use module.in_type(tensor)")
+    if x is not None and x.type != module.in_type:
+        raise ValueError(f"x: its field type {x.type} differs from module.in_type {module.in_type}; build x with "
+                         "module.in_type(tensor)")
+    for name, tol in (("atol", atol), ("rtol", rtol)):
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+            raise ValueError(f"{name}: expected a number >= 0, got {tol!r}; the defaults are atol=1e-7, rtol=1e-5")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}; use torch.float64 (the "
+                        "default) or torch.float32")
     floats = [t for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()]
     original_dtype = floats[0].dtype if floats else dtype
     original_mode = module.training

@@ -6,8 +6,19 @@ float64 (or moves it to CUDA) changes the bases of every strict layer built late
 escnn_soft's own layers keep private copies (``escnn_soft.nn.basis``); for the strict escnn layers that
 tests build as references, the cache is emptied before each test.
 """
+import os
+
 import pytest
 from escnn.nn.modules.basismanager import basisexpansion_singleblock
+from hypothesis import HealthCheck, Phase, settings
+
+# Hypothesis profiles (tests/test_properties.py): "escnn_soft" is small and reproducible, for CI;
+# HYPOTHESIS_PROFILE=thorough draws many more, fresh examples.
+settings.register_profile("escnn_soft", max_examples=15, deadline=None, derandomize=True, print_blob=True,
+                          phases=[p for p in Phase if p is not Phase.explain],
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("thorough", settings.get_profile("escnn_soft"), max_examples=200, derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "escnn_soft"))
 
 
 @pytest.fixture(autouse=True)

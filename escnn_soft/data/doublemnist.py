@@ -236,7 +236,12 @@ class DoubleMNIST(Dataset):
             raise ValueError(f"seed: {seed!r}; pass a non-negative int")
         if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or n_images < 1:
             raise ValueError(f"n_images: {n_images!r}; pass a positive int (10,000 is the benchmark)")
-        fractions = tuple(float(f) for f in fractions)
+        try:
+            shares = tuple(float(f) for f in fractions)
+        except (TypeError, ValueError):
+            raise ValueError(f"fractions: {fractions!r} is not a sequence of numbers; pass three positive shares "
+                             f"(train, val, test) summing to 1, e.g. (0.8, 0.1, 0.1)") from None
+        fractions = shares
         if len(fractions) != len(SPLITS) or min(fractions) <= 0 or not math.isclose(sum(fractions), 1.0):
             raise ValueError(f"fractions: {fractions}; pass three positive shares (train, val, test) "
                              f"summing to 1, e.g. (0.8, 0.1, 0.1)")

@@ -162,8 +162,18 @@ class LaplaceEvidence:
                              "pull-back, tiny layers) or 'full' (exact GGN, tiny models)")
         if prior_structure not in ("layerwise", "parameterwise", "scalar"):
             raise ValueError(f"prior_structure: {prior_structure!r}; use 'layerwise', 'parameterwise' or 'scalar'")
-        if mc_samples < 1:
-            raise ValueError(f"mc_samples: {mc_samples}; must be >= 1")
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+            raise ValueError(f"mc_samples: {mc_samples!r}; must be an int >= 1")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        try:
+            positive = bool((torch.as_tensor(prior_precision, dtype=torch.float64) > 0).all())
+        except (TypeError, ValueError, RuntimeError):
+            positive = False
+        if not positive:
+            raise ValueError(f"prior_precision: {prior_precision!r}; must be > 0 (a number, or one value per group)")
+        if isinstance(sigma_noise, bool) or not isinstance(sigma_noise, (int, float)) or not sigma_noise > 0:
+            raise ValueError(f"sigma_noise: {sigma_noise!r}; must be a number > 0")
         self.model = model
         self.likelihood = likelihood
         self.hessian = hessian
@@ -250,13 +260,14 @@ class LaplaceEvidence:
             params.append((name, p, layer, type(modules[layer]).__name__))
         if unsupported:
             listing = "; ".join(f"'{k}' ({v})" for k, v in unsupported.items())
-            raise TypeError(f"unsupported layer types with trained parameters: {listing}. Supported: "
+            raise TypeError(f"model: unsupported layer types with trained parameters: {listing}. Supported: "
                             f"{', '.join(supported_module_types())}. Pass exclude=[...] to keep them as point "
                             "estimates, hyperparameters=[...] if they are hyperparameters, or "
                             "escnn_soft.laplace.register_module_type(cls) if the layer expands a filter "
                             "and calls a linear/conv op")
         if not params:
-            raise ValueError("the model has no trained parameters in supported layers")
+            raise ValueError(f"model: the {type(self.model).__name__} has no trained parameters in supported layers "
+                             f"({', '.join(supported_module_types())}); check exclude=... and hyperparameters=...")
         return params, targets
 
     def hyperparameters(self) -> list[Tensor]:
@@ -336,6 +347,9 @@ class LaplaceEvidence:
                 the loss and :math:`G` are scaled by :math:`N/M` (a stochastic estimate).
             progress: show a tqdm bar over batches.
         """
+        if not isinstance(loader, Iterable):
+            raise TypeError(f"loader: expected an iterable of (x, y) batches (e.g. a torch DataLoader), "
+                            f"got {type(loader).__name__} ({loader!r})")
         self._fitted = False
         hyper = self.network_hyperparameters
         params = [p for _, p, _, _ in self.params]
@@ -369,7 +383,8 @@ class LaplaceEvidence:
                                               differentiable, blocks=self.hessian == "kron")
                 self._accumulate(rec.calls, stats, f, y, differentiable)
         if n_seen == 0:
-            raise ValueError("the loader yielded no batches: cannot fit the Laplace approximation on no data")
+            raise ValueError("loader: it yielded no batches: cannot fit the Laplace approximation on no data; pass a "
+                             "loader over at least one (x, y) batch")
         self.n_data = n_seen if n_data is None else int(n_data)
         self.n_outputs = n_outputs
         scale = self.n_data / n_seen
@@ -439,14 +454,24 @@ class LaplaceEvidence:
             raise RuntimeError("LaplaceEvidence: call fit(loader) first")
 
     def _delta(self, prior_precision: float | Tensor | None) -> Tensor:
+        """:math:`\\delta` per group: the learnable one (``None``) or an override; checked finite and > 0
+        (:math:`\\delta = 0` makes :math:`\\log\\det(hH + P_0) - \\log\\det P_0` NaN for a singular :math:`H`)."""
         if prior_precision is None:
-            return self.prior_precision
-        d = torch.as_tensor(prior_precision, dtype=self._dtype, device=self._device)
-        if d.numel() == 1:
-            return d.reshape(1).expand(len(self.groups))
-        if d.shape != (len(self.groups),):
-            raise ValueError(f"prior_precision: expected a scalar or {len(self.groups)} values (groups "
-                             f"{self.groups}); got shape {tuple(d.shape)}")
+            d = self.prior_precision
+        else:
+            d = torch.as_tensor(prior_precision, dtype=self._dtype, device=self._device)
+            if d.numel() == 1:
+                d = d.reshape(1).expand(len(self.groups))
+            elif d.shape != (len(self.groups),):
+                raise ValueError(f"prior_precision: expected a scalar or {len(self.groups)} values (groups "
+                                 f"{self.groups}); got shape {tuple(d.shape)}")
+        bad = ~(torch.isfinite(d) & (d > 0))
+        if bool(bad.any()):
+            g = int(bad.nonzero()[0, 0])
+            source = "the value passed" if prior_precision is not None else "exp(log_prior_precision)"
+            raise ValueError(f"prior_precision: {float(d[g])!r} for group '{self.groups[g]}' ({source}); it must be "
+                             f"finite and > 0, as it lifts the curvature's zero eigenvalues (dead layers, zero "
+                             f"inputs); use e.g. 1e-4 or more")
         return d
 
     def _h(self, sigma_noise: float | Tensor | None) -> Tensor:
@@ -480,14 +505,20 @@ class LaplaceEvidence:
                         spec = (spec.unsqueeze(-1) * v).reshape(-1)
                     out[g] = out[g] + torch.log(h * spec + delta[g]).sum()
             return torch.stack(out)
-        offset = 0
-        for i, (_, p, _, _) in enumerate(self.params):
+        for i, ((offset, label), (_, p, _, _)) in enumerate(zip(self._row_labels(), self.params)):
             block = self._H[offset:offset + p.numel(), offset:offset + p.numel()]
             g = self._group_of[i]
             out[g] = out[g] + _logdet(h * block + delta[g] * torch.eye(p.numel(), dtype=block.dtype,
-                                                                       device=block.device))
-            offset += p.numel()
+                                                                       device=block.device), [(0, label)])
         return torch.stack(out)
+
+    def _row_labels(self) -> list[tuple[int, str]]:
+        """``(first row in the dense GGN, "'parameter' at layer 'layer'")`` for every parameter."""
+        out, offset = [], 0
+        for name, p, layer, _ in self.params:
+            out.append((offset, f"'{name}' at layer '{layer}'"))
+            offset += p.numel()
+        return out
 
     def _delta_vector(self, delta: Tensor) -> Tensor:
         return torch.cat([delta[g].expand(p.numel()) for g, (_, p, _, _) in zip(self._group_of, self.params)])
@@ -498,7 +529,7 @@ class LaplaceEvidence:
         self._require_fit()
         delta, h = self._delta(prior_precision), self._h(sigma_noise)
         if self.hessian == "full":
-            return _logdet(h * self._H + torch.diag(self._delta_vector(delta)))
+            return _logdet(h * self._H + torch.diag(self._delta_vector(delta)), self._row_labels())
         return self._group_log_dets(delta, h).sum()
 
     def _sizes(self) -> Tensor:
@@ -563,7 +594,24 @@ class LaplaceEvidence:
         return rows
 
 
-def _logdet(m: Tensor) -> Tensor:
-    """:math:`\\log\\det` of a symmetric positive-definite matrix (Cholesky)."""
-    chol = torch.linalg.cholesky(0.5 * (m + m.T))
+def _logdet(m: Tensor, labels: Sequence[tuple[int, str]]) -> Tensor:
+    """:math:`\\log\\det` of a symmetric positive-definite matrix (Cholesky).
+
+    ``labels``: ``(first row, name)`` of the parameter blocks of ``m``, in row order.
+
+    Raises:
+        ValueError: ``m`` is not positive definite in its dtype, naming the parameter whose row the
+            factorisation fails at: its curvature is (near-)singular (a dead layer, zero inputs) and its prior
+            precision too small to lift it.
+    """
+    chol, info = torch.linalg.cholesky_ex(0.5 * (m + m.T))
+    failed = int(info)  # k > 0: the leading minor of order k is not positive definite
+    if failed:
+        where = next(label for start, label in reversed(labels) if start < failed)
+        raise ValueError(f"log det of the posterior precision: it is not positive definite in {m.dtype} at "
+                         f"{where} (row {failed - 1}): the curvature there is (near-)singular, e.g. a dead layer "
+                         f"or zero inputs, and its prior precision is too small to lift it. Pass a larger "
+                         f"prior_precision for it (it acts as damping: about 1e-4 times the largest curvature "
+                         f"eigenvalue in float32), fit in float64, or use hessian='kron', whose eigenvalues "
+                         f"are clamped at 0")
     return 2 * torch.log(torch.diagonal(chol)).sum()

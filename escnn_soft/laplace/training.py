@@ -44,9 +44,11 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
     Args:
         model: the network (see :class:`LaplaceEvidence` for which layers are supported).
         train_loader: a ``DataLoader`` of ``(x, y)`` batches.
-        likelihood, hessian, prior_precision, prior_structure, sigma_noise, hyperparameters, exclude,
-            stochastic, mc_samples: passed to :class:`LaplaceEvidence`.
-        n_epochs: training epochs; lr: Adam learning rate of the weights; lr_hyp: of the hyperparameters.
+        likelihood, hessian, prior_precision, prior_structure: passed to :class:`LaplaceEvidence`.
+        sigma_noise, hyperparameters, exclude, stochastic, mc_samples: passed to :class:`LaplaceEvidence`.
+        n_epochs: training epochs.
+        lr: Adam learning rate of the weights.
+        lr_hyp: Adam learning rate of the hyperparameters.
         n_epochs_burnin: epochs before the first hyperparameter update.
         marglik_frequency: epochs between hyperparameter updates (F).
         n_hypersteps: Adam steps on the hyperparameters per update (n).
@@ -63,16 +65,24 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
         :meth:`LaplaceEvidence.per_layer` after each update) and ``evidence`` (the fitted
         :class:`LaplaceEvidence`, or ``None`` if no update happened).
     """
-    for name, value in (("n_epochs", n_epochs), ("marglik_frequency", marglik_frequency),
-                        ("n_hypersteps", n_hypersteps)):
-        if value < 1:
-            raise ValueError(f"{name}: {value}; must be >= 1")
-    if n_epochs_burnin < 0:
-        raise ValueError(f"n_epochs_burnin: {n_epochs_burnin}; must be >= 0")
+    for name, value, low in (("n_epochs", n_epochs, 1), ("marglik_frequency", marglik_frequency, 1),
+                             ("n_hypersteps", n_hypersteps, 1), ("n_epochs_burnin", n_epochs_burnin, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: {value!r}; must be an int >= {low}")
+    if marglik_batch_size is not None and (isinstance(marglik_batch_size, bool) or
+                                           not isinstance(marglik_batch_size, int) or marglik_batch_size < 1):
+        raise ValueError(f"marglik_batch_size: {marglik_batch_size!r}; must be None (the whole training set) "
+                         "or an int >= 1")
+    for name, value in (("lr", lr), ("lr_hyp", lr_hyp)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name}: {value!r}; must be a learning rate > 0 (e.g. 1e-3)")
+    if not isinstance(train_loader, DataLoader):
+        raise TypeError(f"train_loader: expected a torch.utils.data.DataLoader (its dataset is subsampled), "
+                        f"got {type(train_loader).__name__}")
     dataset = train_loader.dataset
     n_data = len(dataset)
     if n_data == 0:
-        raise ValueError("train_loader has an empty dataset")
+        raise ValueError("train_loader: it has an empty dataset (0 samples); pass a loader over the training set")
     ev = LaplaceEvidence(model, likelihood, hessian, prior_precision=prior_precision,
                          prior_structure=prior_structure, sigma_noise=sigma_noise, hyperparameters=hyperparameters,
                          exclude=exclude, stochastic=stochastic, mc_samples=mc_samples)

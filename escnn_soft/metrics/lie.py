@@ -143,6 +143,8 @@ def lie_derivative(model: Callable[[GeometricTensor], GeometricTensor | torch.Te
         raise ValueError(f"reduction: {reduction!r} is not one of 'mean', 'none'")
     if not isinstance(x, GeometricTensor):
         raise TypeError(f"x: expected a GeometricTensor, got {type(x).__name__}; use in_type(tensor)")
+    if not callable(model):
+        raise TypeError(f"model: {model!r} is not callable; pass a torch module taking GeometricTensors")
     if x.type.gspace.dimensionality != 2:
         raise ValueError(f"x: lives on a {x.type.gspace.dimensionality}-dimensional base space "
                          f"({x.type.gspace}); lie_derivative measures rotations of the plane, pass a 2D gspace")

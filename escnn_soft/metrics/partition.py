@@ -34,6 +34,9 @@ def as_labels(scheme: ArrayLike, name: str = "scheme") -> np.ndarray:
         arr = scheme.detach().cpu().numpy()
     else:
         arr = np.asarray(scheme)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected integer labels or a numeric assignment matrix, got {scheme!r} "
+                        f"(dtype {arr.dtype}); pass e.g. [0, 0, 1] or an array of shape (d, n_groups)")
     if arr.ndim == 1:
         if arr.size and not (np.issubdtype(arr.dtype, np.integer) or np.all(np.mod(arr, 1) == 0)):
             raise ValueError(f"{name}: a 1-D scheme must hold integer group labels, got dtype {arr.dtype}; "
@@ -44,7 +47,7 @@ def as_labels(scheme: ArrayLike, name: str = "scheme") -> np.ndarray:
             raise ValueError(f"{name}: an assignment matrix needs at least one group column, got shape {arr.shape}")
         return np.argmax(arr, axis=1).astype(np.int64)
     raise ValueError(f"{name}: expected a label vector (d,) or an assignment matrix (d, n_groups), "
-                     f"got an array of shape {arr.shape}")
+                     f"got an array of shape {arr.shape} ({type(scheme).__name__})")
 
 
 def partition_distance(a: ArrayLike, b: ArrayLike) -> int:

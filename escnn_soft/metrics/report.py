@@ -341,6 +341,9 @@ def subgroup_report(model: Callable, x: GeometricTensor,
                          "build x with model.in_type(tensor)")
     if not callable(model):
         raise TypeError(f"model: {model!r} is not callable; pass a torch module taking GeometricTensors")
+    if reference is not None and not callable(reference):
+        raise TypeError(f"reference: {reference!r} is not callable; pass the strict model (a torch module taking "
+                        "GeometricTensors) or None")
     gspace = x.type.gspace
     group = gspace.fibergroup
     columns = _resolve(group, subgroups)

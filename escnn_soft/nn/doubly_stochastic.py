@@ -43,6 +43,7 @@ from scipy.optimize import linear_sum_assignment
 
 from escnn_soft.metrics.equivariance import is_grid_exact
 from escnn_soft.metrics.partition import partition_distance
+from escnn_soft.nn._relaxation import resolve_subgroup
 from escnn_soft.nn.base import SoftModule
 from escnn_soft.nn.sinkhorn import sinkhorn
 
@@ -189,6 +190,17 @@ class _DSConv(EquivariantModule, SoftModule):
         _check_kernel_size(kernel_size)
         if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
             raise ValueError(f"n_iter: expected an integer >= 1, got {n_iter!r}; 20 is the usual choice")
+        for name, value, low in (("padding", padding, 0), ("stride", stride, 1), ("dilation", dilation, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+        if isinstance(interpolation_order, bool) or not isinstance(interpolation_order, int) or \
+                not 0 <= interpolation_order <= 5:
+            raise ValueError(f"interpolation_order: expected a spline order 0..5, got {interpolation_order!r}; "
+                             f"1 (bilinear) is the default")
+        if init_scale is not None and (isinstance(init_scale, bool) or not isinstance(init_scale, (int, float))
+                                       or not init_scale >= 0):
+            raise ValueError(f"init_scale: expected a non-negative number or None (the default of the init), "
+                             f"got {init_scale!r}")
         if init not in ("random", "regular"):
             raise ValueError(f"init: expected 'random' or 'regular', got {init!r}")
         for name, value in (("norm_weight", norm_weight), ("entropy_weight", entropy_weight)):
@@ -407,6 +419,7 @@ class DSLiftingConv(_DSConv):
             raise TypeError(f"in_type: expected an escnn FieldType, got {type(in_type).__name__}")
         gspace = in_type.gspace
         if subgroup_id is not None:
+            resolve_subgroup(gspace, subgroup_id, argname="subgroup_id")
             gspace, _, _ = gspace.restrict(subgroup_id)
             group_in_type = in_type.restrict(subgroup_id)
         else:
@@ -437,7 +450,8 @@ class DSGroupConv(_DSConv):
     Args:
         in_type: regular fields of a finite group :math:`G` on a 2D gspace.
         out_type: regular fields of the same gspace, or their number.
-        Other arguments: as :class:`DSLiftingConv`.
+
+    The other arguments are as in :class:`DSLiftingConv`.
     """
 
     _lifting = False

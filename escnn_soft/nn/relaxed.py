@@ -115,7 +115,8 @@ class RelaxedR2Conv(SoftR2ConvBase):
     gives :math:`a\\lVert r\\rVert`: a group-lasso penalty that switches unneeded relaxations off.
 
     Args:
-        in_type, out_type, kernel_size, **r2conv_kwargs: as :class:`escnn.nn.R2Conv`.
+        in_type, out_type, kernel_size: as :class:`escnn.nn.R2Conv`.
+        **r2conv_kwargs: as :class:`escnn.nn.R2Conv`.
         relaxed_subgroup: escnn subgroup id S of the fibre group; ``None``: the trivial group
             (unconstrained, band-limited by the same rings and frequency cut-off as the strict basis).
         amplitude: :math:`a \\ge 0`; ``0`` fixes the layer to the strict one.
@@ -147,7 +148,8 @@ class RelaxedR2Conv(SoftR2ConvBase):
         for name, value, low in (("num_banks", num_banks, 0), ("num_features", num_features, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-        if not penalty_weight >= 0:
+        if isinstance(penalty_weight, bool) or not isinstance(penalty_weight, (int, float)) or \
+                not penalty_weight >= 0:
             raise ValueError(f"penalty_weight: {penalty_weight!r} is not allowed; pass a number >= 0")
         super().__init__(in_type, out_type, kernel_size, relaxed_subgroup=relaxed_subgroup, **r2conv_kwargs)
         self.num_banks = num_banks
@@ -226,6 +228,12 @@ class RelaxedR2Conv(SoftR2ConvBase):
         if mode:
             self._gains_cache = None
         return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        # the gains cache is a plain attribute, which .to()/.double()/.cuda() would leave on the old device and
+        # dtype (a stale copy held in memory); the next eval forward rebuilds it
+        self._gains_cache = None
+        return super()._apply(fn, recurse)
 
     def forward(self, input: GeometricTensor) -> GeometricTensor:
         """:math:`y(u) = [(K_G + aR_0) \\star x](u) + \\sum_l g_l(u)\\,[aR_l \\star x](u) + b`."""

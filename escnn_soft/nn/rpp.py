@@ -39,10 +39,11 @@ class RPPR2Conv(SoftR2ConvBase):
     S-steerable and the layer stays exactly S-equivariant.
 
     Args:
-        in_type, out_type, kernel_size, **r2conv_kwargs: as :class:`escnn.nn.R2Conv` (``padding``,
-            ``stride``, ``dilation``, ``padding_mode``, ``groups``, ``bias``, ``sigma``,
-            ``frequencies_cutoff``, ``rings``, ``maximum_offset``, ``recompute``, ``basis_filter``,
-            ``initialize``); the bias stays in the equivariant path.
+        in_type, out_type, kernel_size: as :class:`escnn.nn.R2Conv`.
+        **r2conv_kwargs: as :class:`escnn.nn.R2Conv` (``padding``, ``stride``, ``dilation``,
+            ``padding_mode``, ``groups``, ``bias``, ``sigma``, ``frequencies_cutoff``, ``rings``,
+            ``maximum_offset``, ``recompute``, ``basis_filter``, ``initialize``); the bias stays in the
+            equivariant path.
         relaxed_subgroup: escnn subgroup id of the fibre group constraining the free path; ``None``:
             unconstrained pixel weights.
         variance_equivariant, variance_free: prior variances :math:`\\sigma^2` (positive).

@@ -43,7 +43,8 @@ class RSteerR2Conv(SoftR2ConvBase):
     Gaussian Markov random field prior whose null space is exactly the strict layer).
 
     Args:
-        in_type, out_type, kernel_size, **r2conv_kwargs: as :class:`escnn.nn.R2Conv`.
+        in_type, out_type, kernel_size: as :class:`escnn.nn.R2Conv`.
+        **r2conv_kwargs: as :class:`escnn.nn.R2Conv`.
         relaxed_subgroup: escnn subgroup id S whose orbits tie the coefficients; ``None``: no tying.
         smoothness: :math:`\\alpha > 0`.
         learn_smoothness: make :math:`\\log\\alpha` trainable (fixed by default).

@@ -101,6 +101,11 @@ class SharedLinear(torch.nn.Module, SoftModule):
         return (self.assignment() @ self.values).reshape(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x: expected a tensor of shape (..., {self.in_features}), got {tuple(x.shape)}; "
+                             f"its last dimension must be in_features={self.in_features}")
         return F.linear(x, self.weight(), self.bias)
 
     def harden(self) -> SharedLinear:
