@@ -123,12 +123,13 @@ def soften(model: torch.nn.Module, method: str = "probabilistic", names: Iterabl
 
 # ----------------------------------------------------------------------------------------- harden
 def _strict_layer(layer: EquivariantModule, in_type, out_type) -> EquivariantModule:
-    """A strict escnn layer of the same kind and parameters as ``layer`` between the given types."""
+    """A strict escnn layer of the same kind and parameters as ``layer`` between the given types (weights left
+    uninitialised: :func:`harden` sets them by projection)."""
     if in_type.gspace.dimensionality == 0:
-        return enn.Linear(in_type, out_type, bias=layer.bias is not None)
+        return enn.Linear(in_type, out_type, bias=layer.bias is not None, initialize=False)
     cls = enn.R2Conv if in_type.gspace.dimensionality == 2 else enn.R3Conv
     kw = {"padding": layer.padding, "stride": layer.stride, "dilation": layer.dilation, "padding_mode": layer.padding_mode,
-              "bias": layer.bias is not None}
+              "bias": layer.bias is not None, "initialize": False}
     if hasattr(layer, "_sigma"):
         kw.update(sigma=layer._sigma, rings=layer._rings)
     return cls(in_type, out_type, layer.kernel_size, **kw)

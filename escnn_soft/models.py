@@ -63,11 +63,13 @@ def make_gspace(group: str, max_frequency: int = 2) -> GSpace2D:
 def conv_factory(method: str, **method_kwargs) -> Callable[..., EquivariantModule]:
     """``make(in_type, out_type, kernel_size, padding)`` building the convolution of ``method``."""
     if method == "strict":
-        from escnn_soft.nn.basis import privatize_
+        from escnn_soft.nn.basis import he_stds, privatize_
 
         def strict(i, o, k, padding):
-            conv = enn.R2Conv(i, o, k, padding=padding, **method_kwargs)
+            conv = enn.R2Conv(i, o, k, padding=padding, initialize=False, **method_kwargs)
             privatize_(conv.basisexpansion)  # escnn would share its sampled bases with every other model
+            with torch.no_grad():  # escnn's He initialisation, without its per-coefficient Python loop
+                conv.weights.copy_(he_stds(conv.basisexpansion) * torch.randn(conv.weights.shape))
             return conv
 
         return strict
