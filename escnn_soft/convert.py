@@ -135,11 +135,21 @@ def _strict_layer(layer: EquivariantModule, in_type, out_type) -> EquivariantMod
     return cls(in_type, out_type, layer.kernel_size, **kw)
 
 
-def _exported(layer: EquivariantModule) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _exported(layer: EquivariantModule) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """The filter and bias to project, and the relative norm of what the projection cannot keep anyway.
+
+    A layer that exports a plain conv/linear gives its weight (and 0). A non-stationary relaxed layer exports
+    position-dependent filters: its filter at the image centre, :math:`K(0,\cdot)`, is projected, and the
+    relative norm of the position-dependent part (its ``degree()['nonstationary_norm']``), which every strict
+    layer drops, is returned so that it counts toward the residual.
+    """
     plain = layer.export()
-    weight = plain.weight.detach()
     bias = plain.bias.detach() if getattr(plain, "bias", None) is not None else None
-    return weight, bias
+    if isinstance(getattr(plain, "weight", None), torch.Tensor):
+        return plain.weight.detach(), bias, 0.0
+    with torch.no_grad():
+        weight = layer.stationary_filter().detach()
+    return weight, bias, float(layer.degree()["nonstationary_norm"])
 
 
 def _project(strict: EquivariantModule, weight: torch.Tensor, iters: int = 500) -> tuple[torch.Tensor, float]:
@@ -198,7 +208,7 @@ def _harden_layer(layer: EquivariantModule, threshold: float, subgroups: dict[st
             raise ValueError(f"subgroups: entry {sub_name!r} of layer {name!r}: {err}") from None
     order = sorted(candidates.items(), key=lambda kv: _group_size(group, kv[1], list(candidates).index(kv[0])),
                    reverse=True)
-    weight, bias = _exported(layer)
+    weight, bias, dropped = _exported(layer)
     best = None
     for sub_name, sid in order + [("C1", "trivial")]:
         if sid == "trivial":
@@ -209,6 +219,7 @@ def _harden_layer(layer: EquivariantModule, threshold: float, subgroups: dict[st
         out_t = layer.out_type if sid is None else layer.out_type.restrict(sid)
         strict = _strict_layer(layer, in_t, out_t).to(weight.device)
         coeffs, residual = _project(strict, weight)
+        residual = (residual ** 2 + dropped ** 2) ** 0.5
         if best is None or residual < best[3]:
             best = (sub_name, sid, strict, residual, coeffs)
         if residual <= 1.0 - threshold:
@@ -247,7 +258,9 @@ def harden(model: torch.nn.Module, threshold: float = 0.99, subgroups: dict[str,
     ``||k - P_S k|| / ||k||`` is at most ``1 - threshold`` is kept. The new layer is an escnn
     ``R2Conv``/``R3Conv``/``Linear`` — on the layer's own field types for the whole group, or on the
     types restricted to ``S`` and wrapped (:class:`escnn_soft.metrics.WrappedModule`) so that it keeps
-    composing with the rest of the network — so it is *exactly* ``S``-equivariant.
+    composing with the rest of the network — so it is *exactly* ``S``-equivariant. A non-stationary
+    :class:`~escnn_soft.nn.RelaxedR2Conv` is hardened from its filter at the image centre, and the relative
+    norm of its position-dependent part (which no strict layer can keep) is added to the residual.
 
     Returns the model, and with ``return_log=True`` also ``{layer name: {subgroup, residual}}``.
     """

@@ -22,6 +22,10 @@ def test_train_writes_report_plots_and_checkpoints(tiny_run, capsys):
     assert set(results) == {"probabilistic", "cnn"}
     for r in results.values():
         assert 0.0 <= r["test_accuracy"] <= 1.0
+    hardened = results["probabilistic"]["hardened"]
+    assert 0.0 <= hardened["test_accuracy"] <= 1.0 and hardened["threshold"] == 0.99
+    assert set(hardened["layers"]) == set(results["probabilistic"]["degrees"])  # every soft layer was hardened
+    assert "hardened" not in results["cnn"]
     report = results["probabilistic"]["subgroup_report"]
     rows = {r["name"]: r for r in report["rows"]}
     assert "blocks.0.0" in rows and [s["name"] for s in report["subgroups"]] == ["C2", "C4"]
@@ -46,7 +50,19 @@ def test_checkpoint_loads_with_weights_only_and_reports(tiny_run, capsys):
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x))
     assert main(["report", str(tiny_run / "probabilistic.pt"), "--out", str(tiny_run / "rep")]) == 0
-    assert "test accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "hardened (threshold 0.99): test accuracy" in printed
+
+
+def test_train_doubly_stochastic_network(tmp_path, capsys):
+    assert main(["train", "--method", "ds", "--compare", "", "--n-images", "100", "--epochs", "1", "--group", "C4",
+                 "--width", "1", "--out", str(tmp_path), "--report-images", "1"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    degrees = results["ds"]["degrees"]
+    assert set(degrees) == {f"blocks.{i}.0" for i in range(5)}  # a lifting and four group convolutions
+    assert all(d["group"] == "C4" and d["order"] == 4 for d in degrees.values())
+    model, meta, _ = load_checkpoint(tmp_path / "ds.pt")
+    assert meta["method"] == "ds" and type(model).__name__ == "DSDoubleMNISTNet"
 
 
 def test_checkpoint_errors(tmp_path):

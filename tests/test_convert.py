@@ -45,13 +45,15 @@ def test_soften_by_name_and_bad_input():
         es.soften(model, names=["does.not.exist"])
 
 
-def test_round_trip_strict_soft_strict():
+@pytest.mark.parametrize("method", list(SOFT_KWARGS))
+def test_round_trip_strict_soft_strict(method):
+    """Every method, including the non-stationary relaxed layer (hardened from its centre filter)."""
     torch.manual_seed(0)
     model = _net(gspaces.flipRot2dOnR2(4))
     x = random_input(model, dtype=torch.float32)
     with torch.no_grad():
         before = model(x).tensor.clone()
-    hard, log = es.harden(es.soften(model), return_log=True)
+    hard, log = es.harden(es.soften(model, method=method), return_log=True)
     assert type(hard[0]) is nn.R2Conv and type(hard[2]) is nn.R2Conv
     assert all(entry["subgroup"] == "D4" for entry in log.values()), log
     with torch.no_grad():
@@ -79,6 +81,22 @@ def test_harden_keeps_the_subgroup_a_likelihood_is_uniform_on():
     assert_equivariant(hard, elements=[els["(-, 0[2pi/4])"]])  # exactly the flip it kept
     errors = equivariance_error(hard.double(), random_input(hard), [els["(+, 1[2pi/4])"]])
     assert min(errors.values()) > 0.05
+
+
+def test_harden_counts_the_dropped_position_dependence_of_a_relaxed_layer():
+    torch.manual_seed(0)
+    gs = gspaces.rot2dOnR2(4)
+    t = nn.FieldType(gs, [gs.regular_repr])
+    layer = es.nn.RelaxedR2Conv(t, t, 5, padding=2)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if name not in ("weights", "bias"):
+                p.normal_()  # position-dependent banks, gains and amplitude far from zero
+    dropped = layer.degree()["nonstationary_norm"]
+    assert dropped > 0.05
+    hard, log = es.harden(layer, return_log=True)
+    assert log["(model)"]["residual"] >= dropped
+    assert log["(model)"]["subgroup"] != "C4", log
 
 
 def test_harden_rejects_bad_threshold():

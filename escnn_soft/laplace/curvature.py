@@ -36,13 +36,16 @@ hyperparameters :math:`\\eta` inside the filter). The structures (:class:`Term`)
       \\operatorname{tr} A_\\text{pair}}, \\quad
       C_{kl} = \\operatorname{tr}\\big(\\tilde B_k^\\top G_a \\tilde B_l A_z\\big),
 
-  a Kronecker product over (out fields) ⊗ (in fields) ⊗ (basis); pairs are treated as independent
-  blocks. :math:`G_f[o,o'] = \\sum_a G[(o,a),(o',a)]` and :math:`A_z[z,z'] = \\sum_i A[(i,z),(i,z')]` are
-  accumulated directly from patches, never forming the full :math:`A` (whose size is
-  :math:`(c_\\text{in} k^d)^2`). When the pair's input patches are small (:data:`GROUP_GRAM_LIMIT`) their
-  covariance is kept whole and only the output side is factored:
+  a Kronecker product over (out fields) ⊗ (in fields) ⊗ (basis). :math:`G_f[o,o'] = \\sum_a G[(o,a),(o',a)]`
+  and :math:`A_z[z,z'] = \\sum_i A[(i,z),(i,z')]` are accumulated directly from patches, never forming the
+  full :math:`A` (whose size is :math:`(c_\\text{in} k^d)^2`). When the pair's input patches are small
+  (:data:`GROUP_GRAM_LIMIT`) their covariance is kept whole and only the output side is factored:
   :math:`H_\\text{pair} \\approx G_f \\otimes M / \\operatorname{tr} G_\\text{pair}` with
-  :math:`M = (I \\otimes \\tilde B)^\\top (G_a \\otimes A_\\text{pair}) (I \\otimes \\tilde B)`.
+  :math:`M = (I \\otimes \\tilde B)^\\top (G_a \\otimes A_\\text{pair}) (I \\otimes \\tilde B)`. The pairs that
+  share their output fields share :math:`G_f` and :math:`G_a`: when the patches of all their input fields
+  together are small, they form one block :math:`G_f \\otimes M / \\operatorname{tr} G` whose :math:`M` spans
+  all their coefficients, with the cross-covariances of their inputs (the cross-pair curvature); otherwise
+  pairs are independent blocks.
 * :class:`BiasTerm` / :class:`DenseTerm` — a small dense Jacobian: :math:`H = J_b^\\top G J_b`, or
   :math:`H = \\sum_\\text{ops} J_W^\\top (G \\otimes A) J_W + J_b^\\top G J_b` for anything else (size-limited).
 
@@ -127,10 +130,10 @@ class SlotStats:
     """Accumulated Kronecker statistics of one op (one ``OpCall.key``).
 
     ``G`` is always kept (``c_out x c_out``); the full ``A`` only when a :class:`KronTerm` or
-    :class:`DenseTerm` needs it; ``groups`` maps an input-field index block ``(n_i, d_i)`` (as a tuple
-    key) to the statistics :class:`BlocksTerm` uses: the restricted input covariance ``A_g`` when the
-    group's patches are small (:data:`GROUP_GRAM_LIMIT` entries), else its partial traces
-    :math:`(A_f, A_z)`.
+    :class:`DenseTerm` needs it; ``groups`` maps an input-channel index block (as a tuple key; ``(n_i, d_i)``
+    for the fields of one pair, ``(1, c)`` for the joint inputs of pairs sharing their output fields) to the
+    statistics :class:`BlocksTerm` uses: the restricted input covariance ``A_g`` when the group's patches
+    are small (:data:`GROUP_GRAM_LIMIT` entries), else its partial traces :math:`(A_f, A_z)`.
     """
 
     name: str
@@ -258,10 +261,10 @@ class Pair:
 
 @dataclass
 class BlocksTerm(Term):
-    r"""Block basis-expansion coefficients (module docstring): per pair,
-    :math:`G_f \otimes M / \operatorname{tr} G` with the input fields kept whole when the group's
-    covariance is (small groups), else :math:`G_f \otimes A_f \otimes C / (\operatorname{tr} G
-    \operatorname{tr} A)`."""
+    r"""Block basis-expansion coefficients (module docstring): per set of pairs sharing their output
+    fields, :math:`G_f \otimes M / \operatorname{tr} G` over all their coefficients when their joint input
+    patches are small; else per pair, the same with the pair's own inputs when they are small, or
+    :math:`G_f \otimes A_f \otimes C / (\operatorname{tr} G \operatorname{tr} A)`."""
 
     key: Key = ("", 0)
     pairs: list[Pair] = field(default_factory=list)
@@ -269,25 +272,60 @@ class BlocksTerm(Term):
     def spectra(self, stats, scale):
         s = stats[self.key]
         out = []
-        for pair in self.pairs:
-            n_o, d_o = pair.out_idx.shape
-            o = pair.out_idx.reshape(-1)
+        for group in _output_groups(self.pairs):
+            n_o, d_o = group[0].out_idx.shape
+            o = group[0].out_idx.reshape(-1)
             g = s.G[o][:, o].reshape(n_o, d_o, n_o, d_o)
             g_f = torch.einsum("iaja->ij", g)
             g_a = torch.einsum("iaib->ab", g)
             tiny = torch.finfo(g_f.dtype).tiny
             out_factor = _eigvals(g_f) * (scale / torch.trace(g_f).clamp_min(tiny))
-            b = pair.basis
-            if pair.in_key in s.A_g:
-                n_i, k = pair.in_idx.shape[0], b.shape[0]
-                a = (s.A_g[pair.in_key] / s.n).reshape(n_i, b.shape[-1], n_i, b.shape[-1])
-                m = torch.einsum("kaz,ab,izjw,lbw->ikjl", b, g_a, a, b).reshape(n_i * k, n_i * k)
-                out.append([out_factor, _eigvals(m)])
+            union = _union_key(group)
+            if union in s.A_g:  # one block over the group's inputs, pairs included (one pair: the same)
+                out.append([out_factor, _eigvals(_basis_gram(group, g_a, s.A_g[union] / s.n))])
                 continue
-            a_f, a_z = s.A_f[pair.in_key] / s.n, s.A_z[pair.in_key] / s.n
-            c = torch.einsum("kaz,ab,lbw,zw->kl", b, g_a, b, a_z)
-            out.append([out_factor, _eigvals(a_f) / torch.trace(a_f).clamp_min(tiny), _eigvals(c)])
+            for pair in group:
+                if pair.in_key in s.A_g:
+                    out.append([out_factor, _eigvals(_basis_gram([pair], g_a, s.A_g[pair.in_key] / s.n))])
+                    continue
+                a_f, a_z = s.A_f[pair.in_key] / s.n, s.A_z[pair.in_key] / s.n
+                c = torch.einsum("kaz,ab,lbw,zw->kl", pair.basis, g_a, pair.basis, a_z)
+                out.append([out_factor, _eigvals(a_f) / torch.trace(a_f).clamp_min(tiny), _eigvals(c)])
         return out
+
+
+def _output_groups(pairs: Sequence[Pair]) -> list[list[Pair]]:
+    """The pairs grouped by their output fields (in order of first appearance)."""
+    groups: dict[tuple[int, ...], list[Pair]] = {}
+    for pair in pairs:
+        groups.setdefault(tuple(pair.out_idx.reshape(-1).tolist()), []).append(pair)
+    return list(groups.values())
+
+
+def _union_key(group: Sequence[Pair]) -> tuple[int, ...]:
+    """The input channels of a group of pairs, concatenated in pair order (the key of their joint patches)."""
+    return tuple(i for pair in group for i in pair.in_key)
+
+
+def _basis_gram(group: Sequence[Pair], g_a: Tensor, a: Tensor) -> Tensor:
+    """:math:`M = (I \\otimes \\tilde B)^\\top (G_a \\otimes A) (I \\otimes \\tilde B)` over the coefficients
+    (input field, basis element) of the pairs of ``group``, which share their output fields; ``a`` is the
+    covariance of their joint input patches (:func:`_union_key` order)."""
+    points = group[0].basis.shape[-1] // group[0].in_idx.shape[1]
+    spans, start = [], 0
+    for pair in group:
+        n_i, d_i = pair.in_idx.shape
+        spans.append((start, n_i, d_i * points))
+        start += n_i * d_i * points
+    rows = []
+    for p, (sp, n_p, f_p) in zip(group, spans):
+        row = []
+        for q, (sq, n_q, f_q) in zip(group, spans):
+            a_pq = a[sp:sp + n_p * f_p, sq:sq + n_q * f_q].reshape(n_p, f_p, n_q, f_q)
+            m = torch.einsum("kaz,ab,izjw,lbw->ikjl", p.basis, g_a, a_pq, q.basis)
+            row.append(m.reshape(n_p * p.basis.shape[0], n_q * q.basis.shape[0]))
+        rows.append(torch.cat(row, dim=1))
+    return torch.cat(rows, dim=0)
 
 
 @dataclass
@@ -525,8 +563,14 @@ def plan_terms(calls: Sequence[OpCall], expansions: Sequence[tuple[str, BlocksBa
             hooked = [e for _, e, inp in expansions if inp is p or inp._base is p]
             pairs = _blocks_pairs(modules[layer], call, p, hooked, hyper, differentiable, gen) if blocks else None
             if pairs is not None:
-                for pair in pairs:
-                    slot(call.key).groups[pair.in_key] = pair.in_idx
+                points = call.weight[0, 0].numel()
+                for group in _output_groups(pairs):
+                    union = torch.cat([pair.in_idx.reshape(-1) for pair in group])
+                    if len(group) > 1 and union.numel() * points <= GROUP_GRAM_LIMIT:
+                        slot(call.key).groups[_union_key(group)] = union[None]
+                        continue
+                    for pair in group:
+                        slot(call.key).groups[pair.in_key] = pair.in_idx
                 terms.append(BlocksTerm(i, p.numel(), call.key, pairs))
                 continue
         if len(reach) == 1 and not reach[0][1]:

