@@ -8,13 +8,14 @@ Measured on CPU (``--threads``), per 1000 training images:
 * ``epoch``: one training epoch (forward, cross-entropy, backward, Adam step);
 * ``fit (MC)``: :meth:`LaplaceEvidence.fit` of every conv/linear layer with the Monte-Carlo GGN
   (one sampled label per image: one extra backward pass);
-* ``fit (exact)``: the exact type-2 GGN (one backward pass per class: 100);
-* the same two fits of laplace-torch's ``KronLaplace`` (curvlinops backend) on the plain CNN of the same
-  width (``PlainDoubleMNISTNet``, batch-norm parameters frozen since KronLaplace cannot handle them), and
+* ``fit (exact)``: the exact type-2 GGN (100 loss-Hessian columns per image, carried through the linear
+  head to its 64 inputs and compressed there: 64 backward passes through the network);
+* the same two fits of laplace-torch's ``KronLaplace`` (curvlinops backend: KFAC, one sampled label per
+  image, or one backward pass per class) on the plain CNN of the same width (``PlainDoubleMNISTNet``, batch-norm parameters frozen since KronLaplace cannot handle them), and
   of our evidence on that plain CNN.
 
-Every measurement is repeated ``--rounds`` times, interleaved, and the fastest is kept (the most stable
-estimate on a shared machine). The exact fits run on ``--n-exact`` images, the rest on ``--n-train``.
+Every measurement is repeated ``--rounds`` times, interleaved (so that all see the same load on a shared
+machine), and the median is kept. The exact fits run on ``--n-exact`` images, the rest on ``--n-train``.
 
 **Accuracy.** On tiny C4 networks (two escnn layers and a linear head, 20 random 7x7 images, 3 classes):
 the per-layer log-determinant ratio :math:`\\log\\det(H_l + \\delta I) - n_l \\log\\delta` of the Kronecker
@@ -23,13 +24,14 @@ GGN block (``full``).
 
 Usage::
 
-    python benchmarks/bench_laplace.py [--n-train 512] [--n-exact 64] [--rounds 2] [--threads 1] \\
-        [--out benchmarks/results_laplace.md]
+    python benchmarks/bench_laplace.py [--n-train 512] [--n-exact 64] [--rounds 5] [--threads 1] \\
+        [--machine-note "shared, 2 cores"] [--out benchmarks/results_laplace.md]
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -75,19 +77,18 @@ def _kronlaplace(model: torch.nn.Module, loader, stochastic: bool) -> Callable[[
 
 
 def _time(jobs: dict[str, Callable[[], None]], rounds: int, per: dict[str, int]) -> dict[str, float]:
-    """Fastest of ``rounds`` interleaved runs, in seconds per 1000 images."""
-    best = {k: float("inf") for k in jobs}
+    """Median of ``rounds`` interleaved runs, in seconds per 1000 images."""
+    times: dict[str, list[float]] = {k: [] for k in jobs}
     for r in range(rounds):
         for name, job in jobs.items():
             start = time.perf_counter()
             job()
-            elapsed = time.perf_counter() - start
-            best[name] = min(best[name], elapsed)
-            print(f"  round {r + 1}: {name:32s} {elapsed:8.2f} s", flush=True)
-    return {k: v / per[k] * 1000 for k, v in best.items()}
+            times[name].append(time.perf_counter() - start)
+            print(f"  round {r + 1}: {name:32s} {times[name][-1]:8.2f} s", flush=True)
+    return {k: statistics.median(v) / per[k] * 1000 for k, v in times.items()}
 
 
-def cost(n_train: int, n_exact: int, batch_size: int, rounds: int) -> list[str]:
+def cost(n_train: int, n_exact: int, batch_size: int, rounds: int, machine_note: str) -> list[str]:
     torch.manual_seed(0)
     steerable = build_model("strict", "SO2").eval()
     width = _gated_types(make_gspace("SO2"), 2, 2)[0].size
@@ -114,9 +115,9 @@ def cost(n_train: int, n_exact: int, batch_size: int, rounds: int) -> list[str]:
     lines = [
         (f"Network: DoubleMNIST, SO(2), width 2 ({width} channels per block; {n_steer} escnn parameters, "
          f"{n_plain} plain-CNN parameters), 100 classes, batch {batch_size}; {torch.get_num_threads()} CPU "
-         f"thread(s), {platform.processor() or platform.machine()}, torch {torch.__version__}. "
-         f"Seconds per 1000 training images (fastest of {rounds} interleaved rounds; exact fits on {n_exact} "
-         f"images, the rest on {n_train})."),
+         f"thread(s), {platform.processor() or platform.machine()}{'; ' + machine_note if machine_note else ''}, "
+         f"torch {torch.__version__}. Seconds per 1000 training images (median of {rounds} interleaved rounds; "
+         f"exact fits on {n_exact} images, the rest on {n_train})."),
         "",
         "| measurement | s / 1000 images | ratio |",
         "|---|---:|---|",
@@ -198,8 +199,9 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=512)
     parser.add_argument("--n-exact", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--machine-note", default="", help="e.g. 'shared with other jobs'")
     parser.add_argument("--out", default=None, help="write the markdown tables to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -207,7 +209,7 @@ def main() -> None:
     command = (f"python benchmarks/bench_laplace.py --n-train {args.n_train} --n-exact {args.n_exact} "
                f"--rounds {args.rounds} --threads {args.threads}")
     lines = ["# Laplace evidence: cost and accuracy", "", f"Command: `{command}`", "", "## Cost (CPU)", ""]
-    lines += cost(args.n_train, args.n_exact, args.batch_size, args.rounds)
+    lines += cost(args.n_train, args.n_exact, args.batch_size, args.rounds, args.machine_note)
     lines += ["", "## Accuracy of the Kronecker structure vs the exact GGN (3 seeds each)", ""]
     lines += accuracy()
     text = "\n".join(lines) + "\n"

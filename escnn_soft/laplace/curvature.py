@@ -61,7 +61,7 @@ import torch
 from escnn.nn.modules.basismanager import BlocksBasisExpansion, retrieve_indices
 from torch import Tensor
 
-from escnn_soft.laplace.hooks import OpCall, flatten_outputs, unfold_patches
+from escnn_soft.laplace.hooks import OpCall, output_gram, unfold_patches
 
 __all__ = [
     "DENSE_LIMIT",
@@ -173,8 +173,7 @@ class SlotStats:
 
     def add_grads(self, call: OpCall, grads: Tensor) -> None:
         """Add :math:`\\sum_{n,p} g g^\\top` of a batch of output gradients (one loss-Hessian column)."""
-        rows = flatten_outputs(call, grads)
-        self.G = _add(self.G, rows.T @ rows)
+        self.G = _add(self.G, output_gram(call, grads))
 
     def check_finite(self) -> None:
         tensors = [self.G, self.A] + list(self.A_g.values()) + list(self.A_f.values()) + list(self.A_z.values())

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from escnn import nn as enn
 from torch import Tensor, nn
 
-from escnn_soft.laplace.curvature import SlotStats, Term, plan_terms
+from escnn_soft.laplace.curvature import SlotStats, Term, _connected, plan_terms
 from escnn_soft.laplace.exact import dense_ggn
 from escnn_soft.laplace.hooks import OpCall, OpRecorder
 from escnn_soft.nn.base import SoftModule
@@ -421,20 +421,32 @@ class LaplaceEvidence:
     def _accumulate(self, calls: Sequence[OpCall], stats: dict[Any, SlotStats], f: Tensor, y: Tensor,
                     differentiable: bool) -> None:
         """Add a batch: input statistics from the recorded op inputs, output-gradient statistics from one
-        backward pass per loss-Hessian column (a loop: faster than a batched backward on CPU)."""
+        backward pass per loss-Hessian column (a loop: faster than a batched backward on CPU).
+
+        When the output is the output of the last op and its input :math:`u` has fewer entries per sample
+        than there are columns (a linear head on few features), the columns are first carried through that
+        op alone to :math:`u`, :math:`t_r = (\\partial f / \\partial u)^\\top s_r`, and replaced there by the
+        rows of the triangular factor of :math:`T^\\top = QR` per sample (:math:`R^\\top R = T T^\\top`,
+        one column per entry of :math:`u`): the same curvature from fewer backward passes through the network.
+        """
         used = [c for c in calls if c.key in stats]
         for call in used:
             stats[call.key].add_inputs(call, differentiable)
         cols = self._columns(f, y)
         if not differentiable:
             cols = cols.detach()
-        probes = [c.probe for c in used]
+        last = used[-1] if used else None
+        if differentiable or last is None or not _is_bottleneck(last, used[:-1], f, cols.shape[-1]):
+            _backprop(f, cols, used, stats, differentiable)
+            return
+        u = last.x
+        at_u = []
         for r in range(cols.shape[-1]):
-            grads = torch.autograd.grad(f, probes, grad_outputs=cols[..., r], retain_graph=True,
-                                        create_graph=differentiable, allow_unused=True)
-            for call, g in zip(used, grads):
-                if g is not None:
-                    stats[call.key].add_grads(call, g)
+            g, t = torch.autograd.grad(f, [last.probe, u], grad_outputs=cols[..., r], retain_graph=True)
+            stats[last.key].add_grads(last, g)
+            at_u.append(t.reshape(len(u), -1))
+        r_factor = torch.linalg.qr(torch.stack(at_u, 1), mode="r")[1]  # (batch, k, k)
+        _backprop(u, r_factor.transpose(1, 2).reshape(*u.shape, -1), used[:-1], stats, False)
 
     def _check_full(self) -> None:
         if bool(torch.isfinite(self._H).all()):
@@ -592,6 +604,30 @@ class LaplaceEvidence:
                 row["degree"] = module.degree()
             rows.append(row)
         return rows
+
+
+def _backprop(out: Tensor, cols: Tensor, calls: Sequence[OpCall], stats: dict[Any, SlotStats],
+              create_graph: bool) -> None:
+    """One backward pass from ``out`` per column ``cols[..., r]`` (shaped like ``out``), adding the output
+    gradients of ``calls`` to their statistics."""
+    probes = [c.probe for c in calls]
+    for r in range(cols.shape[-1]):
+        grads = torch.autograd.grad(out, probes, grad_outputs=cols[..., r], retain_graph=True,
+                                    create_graph=create_graph, allow_unused=True)
+        for call, g in zip(calls, grads):
+            if g is not None:
+                stats[call.key].add_grads(call, g)
+
+
+def _is_bottleneck(last: OpCall, others: Sequence[OpCall], f: Tensor, n_columns: int) -> bool:
+    """Whether the output ``f`` is the output of ``last``, reaches the other ops only through its input
+    (its filter and bias do not depend on them), and that input has fewer entries per sample than
+    ``n_columns``."""
+    u = last.x
+    if not others or f is not last.output or not u.requires_grad or u.shape[0] != f.shape[0] or u[0].numel() >= n_columns:
+        return False
+    probes = [c.probe for c in others]
+    return not any(any(_connected(t, probes)) for t in (last.weight, last.bias) if t is not None)
 
 
 def _logdet(m: Tensor, labels: Sequence[tuple[int, str]]) -> Tensor:

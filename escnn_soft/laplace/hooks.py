@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from typing_extensions import Self
 
-__all__ = ["OpCall", "OpRecorder", "flatten_outputs", "unfold_patches"]
+__all__ = ["OpCall", "OpRecorder", "output_gram", "unfold_patches"]
 
 _CONV_DIMS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
@@ -211,11 +211,12 @@ def unfold_patches(call: OpCall, x: Tensor) -> Tensor:
     return x.permute(perm).reshape(n, c * int(torch.tensor(call.kernel).prod()), -1)
 
 
-def flatten_outputs(call: OpCall, g: Tensor) -> Tensor:
-    """Output gradients ``(batch, c_out, *spatial)`` (or ``(batch, *, c_out)`` for ``linear``) as rows
-    ``(M, c_out)``, one per (sample, position)."""
+def output_gram(call: OpCall, g: Tensor) -> Tensor:
+    """:math:`\\sum_{n,p} g_{n,p} g_{n,p}^\\top` (``c_out x c_out``) of output gradients ``(batch, c_out, *spatial)``
+    (or ``(batch, *, c_out)`` for ``linear``), summed over samples and positions."""
     c_out = call.weight.shape[0]
     if call.d == 0:
-        return g.reshape(-1, c_out)
-    g = g.movedim(-call.d - 1, -1)
-    return g.reshape(-1, c_out)
+        rows = g.reshape(-1, c_out)
+        return rows.T @ rows
+    per_sample = g.reshape(g.shape[0], c_out, -1)  # no copy: the channels stay the rows
+    return torch.bmm(per_sample, per_sample.transpose(1, 2)).sum(0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from laplace import KronLaplace
 
-from escnn_soft.laplace import LaplaceEvidence
+from escnn_soft.laplace import LaplaceEvidence, evidence
 from tests.laplace import loader
 
 RTOL = 1e-4
@@ -29,11 +29,12 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, rtol=RTOL, atol=RTOL * float(b.abs().max()))
 
 
+@pytest.mark.parametrize("n_out", [5, 10])  # 10 classes > 6 head inputs: columns compressed at the head
 @pytest.mark.parametrize("batch_size", [24, 7])
-def test_classification_matches_kronlaplace(batch_size):
-    model = _cnn(5)
+def test_classification_matches_kronlaplace(batch_size, n_out):
+    model = _cnn(n_out)
     x = torch.randn(24, 2, 6, 6, dtype=torch.float64)
-    y = torch.randint(0, 5, (24,))
+    y = torch.randint(0, n_out, (24,))
     data = loader(x, y, batch_size)
     la = KronLaplace(model, "classification")
     la.fit(data)
@@ -45,6 +46,31 @@ def test_classification_matches_kronlaplace(batch_size):
     lml_ev = ev.log_marginal_likelihood(d_ev)
     _close(lml_ev.detach(), lml_la.detach())
     _close(torch.autograd.grad(lml_ev, d_ev)[0], torch.autograd.grad(lml_la, d_la)[0])
+
+
+def test_head_bottleneck_gives_the_same_curvature(monkeypatch):
+    """With more classes (10) than head inputs (6) the loss-Hessian columns are carried to the head's input and
+    compressed there: 6 backward passes through the network per batch instead of 10, and the same curvature as
+    one pass per class (which the differentiable fit keeps)."""
+    passes = []
+    backprop = evidence._backprop
+
+    def counting(out, cols, *args):
+        passes.append(cols.shape[-1])
+        backprop(out, cols, *args)
+
+    monkeypatch.setattr(evidence, "_backprop", counting)
+    model = _cnn(10)
+    data = loader(torch.randn(20, 2, 6, 6, dtype=torch.float64), torch.randint(0, 10, (20,)), 8)
+    compressed = LaplaceEvidence(model, "classification").fit(data)
+    assert passes == [6, 6, 6]
+    per_class = LaplaceEvidence(model, "classification").fit(data, differentiable=True)
+    assert passes[3:] == [10, 10, 10]
+    for (_, blocks_a), (_, blocks_b) in zip(compressed._spectra, per_class._spectra):
+        for factors_a, factors_b in zip(blocks_a, blocks_b):
+            for a, b in zip(factors_a, factors_b):
+                b = b.detach()
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * float(b.abs().max()))
 
 
 def test_layerwise_precision_is_shared_by_weight_and_bias():
