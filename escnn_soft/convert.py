@@ -139,7 +139,7 @@ def _exported(layer: EquivariantModule) -> tuple[torch.Tensor, torch.Tensor | No
     """The filter and bias to project, and the relative norm of what the projection cannot keep anyway.
 
     A layer that exports a plain conv/linear gives its weight (and 0). A non-stationary relaxed layer exports
-    position-dependent filters: its filter at the image centre, :math:`K(0,\cdot)`, is projected, and the
+    position-dependent filters: its filter at the image centre, :math:`K(0,\\cdot)`, is projected, and the
     relative norm of the position-dependent part (its ``degree()['nonstationary_norm']``), which every strict
     layer drops, is returned so that it counts toward the residual.
     """

@@ -94,7 +94,7 @@ def test_harden_counts_the_dropped_position_dependence_of_a_relaxed_layer():
                 p.normal_()  # position-dependent banks, gains and amplitude far from zero
     dropped = layer.degree()["nonstationary_norm"]
     assert dropped > 0.05
-    hard, log = es.harden(layer, return_log=True)
+    _, log = es.harden(layer, return_log=True)
     assert log["(model)"]["residual"] >= dropped
     assert log["(model)"]["subgroup"] != "C4", log
 
