@@ -260,7 +260,8 @@ def _report(model: torch.nn.Module, test_images: torch.Tensor, out: Path, name: 
 
 
 def _describe_degrees(model: torch.nn.Module, out: Path, name: str) -> list[str]:
-    """One line per soft layer saying what it learned; likelihood plots as PNG."""
+    """One line per soft layer saying what it learned; PNG plots of every likelihood and of every DS layer's
+    learned matrices."""
     from escnn_soft.likelihood import GroupLikelihood
 
     lines = []
@@ -274,11 +275,17 @@ def _describe_degrees(model: torch.nn.Module, out: Path, name: str) -> list[str]
         lines.append(f"  {layer:<24} " + "; ".join(parts))
     import matplotlib.pyplot as plt
 
+    from escnn_soft.nn.doubly_stochastic import _DSConv
+
     for layer_name, module in model.named_modules():
         lik = getattr(module, "likelihood", None)
         if isinstance(lik, GroupLikelihood):
             fig = lik.plot()
             fig.savefig(out / f"{name}_likelihood_{layer_name.replace('.', '_')}.png", dpi=100)
+            plt.close(fig)
+        elif isinstance(module, _DSConv):
+            fig = module.plot()
+            fig.savefig(out / f"{name}_matrices_{layer_name.replace('.', '_')}.png", dpi=100)
             plt.close(fig)
     return lines
 

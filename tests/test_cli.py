@@ -61,6 +61,7 @@ def test_train_doubly_stochastic_network(tmp_path, capsys):
     degrees = results["ds"]["degrees"]
     assert set(degrees) == {f"blocks.{i}.0" for i in range(5)}  # a lifting and four group convolutions
     assert all(d["group"] == "C4" and d["order"] == 4 for d in degrees.values())
+    assert len(list(tmp_path.glob("ds_matrices_blocks_*_0.png"))) == 5  # the learned matrices of every layer
     model, meta, _ = load_checkpoint(tmp_path / "ds.pt")
     assert meta["method"] == "ds" and type(model).__name__ == "DSDoubleMNISTNet"
 

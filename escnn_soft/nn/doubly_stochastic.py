@@ -379,6 +379,30 @@ class _DSConv(EquivariantModule, SoftModule):
             "element_matching": {str(elements[r]): str(elements[c]) for r, c in zip(rows, cols)},
         }
 
+    @torch.no_grad()
+    def plot(self):
+        """The learned matrices :math:`P_g` (one panel per element of ``G.elements``, white = 1) next to the
+        true action :math:`M_g` they would be for the regular group convolution; returns the figure."""
+        import matplotlib
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        P = self.representations().detach().float().cpu().numpy()
+        true = self.true_permutations.cpu().numpy()
+        fig, axes = plt.subplots(2, self.order, figsize=(1.8 * self.order, 3.8), squeeze=False)
+        for i, g in enumerate(self.group.elements):
+            axes[0, i].imshow(P[i], cmap="gray", vmin=0.0, vmax=1.0)
+            axes[0, i].set_title(str(g), fontsize=7)
+            axes[1, i].imshow(np.eye(self.n)[true[i]], cmap="gray", vmin=0.0, vmax=1.0)
+            for ax in axes[:, i]:
+                ax.set_xticks([])
+                ax.set_yticks([])
+        axes[0, 0].set_ylabel("learned", fontsize=8)
+        axes[1, 0].set_ylabel("true action", fontsize=8)
+        fig.suptitle(f"{type(self).__name__} over {self.group.name}: soft permutations", fontsize=9)
+        fig.tight_layout()
+        return fig
+
 
 class DSLiftingConv(_DSConv):
     """Lifting convolution with doubly-stochastic weight sharing: scalar fields → regular fields of :math:`G`.

@@ -161,6 +161,16 @@ def test_degree_penalty_export_and_dtype():
     assert layer(layer.in_type(x.tensor.double())).tensor.dtype == torch.float64
 
 
+def test_plot_shows_learned_and_true_matrices():
+    gs = gspaces.flipRot2dOnR2(2)
+    layer = es.nn.DSLiftingConv(enn.FieldType(gs, [gs.trivial_repr]), 1, 3, init="regular")
+    fig = layer.plot()
+    axes = fig.axes
+    assert len(axes) == 2 * 4  # learned and true matrix for each of the 4 elements of D2
+    for i in range(4):  # with init='regular' the learned matrices are the true ones
+        np.testing.assert_allclose(axes[i].images[0].get_array(), axes[4 + i].images[0].get_array(), atol=1e-6)
+
+
 def test_matched_distance_ignores_relabelled_group_channels():
     gs = gspaces.rot2dOnR2(4)
     layer = es.nn.DSLiftingConv(_scalar(gs), 1, 3, init="regular")
