@@ -268,10 +268,9 @@ def _describe_degrees(model: torch.nn.Module, out: Path, name: str) -> list[str]
     for layer, deg in method_summary(model).items():
         parts = [f"{k}={v:.3f}" for k, v in deg.items() if isinstance(v, float)]
         subs = deg.get("subgroups", {})
-        if subs:
-            parts.append("invariance " + ", ".join(
-                f"{s}:{d['invariance']:.2f}" if isinstance(d, dict) and "invariance" in d else f"{s}:{d}"
-                for s, d in subs.items()))
+        if subs:  # probabilistic layers: the share of the filter that respects each subgroup
+            parts.append("equivariant fraction " + ", ".join(
+                f"{s}:{d['equivariant_fraction']:.3f}" for s, d in subs.items() if "equivariant_fraction" in d))
         lines.append(f"  {layer:<24} " + "; ".join(parts))
     import matplotlib.pyplot as plt
 
@@ -371,7 +370,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if method == methods[0] and args.report_images > 0:
                 report = _report(model, test.images[: args.report_images], out, method)
                 results[method]["subgroup_report"] = report.to_dict()
-    print("\nWhat each soft layer learned (invariance 1 = exactly equivariant to that subgroup):")
+    print("\nWhat each soft layer learned (equivariant fraction 1 = exactly equivariant to that subgroup):")
     for method, lines in degree_lines.items():
         if lines:
             print(f" {method}:")

@@ -44,6 +44,7 @@ from escnn.nn.modules.conv.r2convolution import compute_basis_params
 from escnn_soft.likelihood import GroupLikelihood
 from escnn_soft.nn.base import SoftModule, iter_modules
 from escnn_soft.nn.basis import he_stds, private_sampled_basis, privatize_
+from escnn_soft.subgroups import default_subgroups
 
 __all__ = ["ProbabilisticLinear", "ProbabilisticR2Conv", "ProbabilisticR3Conv"]
 
@@ -272,15 +273,36 @@ class _ProbabilisticFilter(SoftModule):
         self._cache = None
         return super()._apply(fn, recurse)  # type: ignore[misc]
 
-    def degree(self) -> dict[str, Any]:
-        """``likelihood.degree()`` (per-subgroup invariance and mass, entropy) plus
-        ``nonequivariant_fraction`` = :math:`\\lVert k_\\lambda - k_{strict}\\rVert / \\lVert k_\\lambda\\rVert`,
-        the share of the filter that the non-trivial pathways contribute."""
+    def degree(self, subgroups: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``likelihood.degree(subgroups)`` (per subgroup the invariance of λ's shape and, for finite groups,
+        its mass; the entropy) plus what the filter kept:
+
+        * ``nonequivariant_fraction`` = :math:`\\lVert k_\\lambda - k_{strict}\\rVert / \\lVert k_\\lambda\\rVert`,
+          the share of the filter that the non-trivial pathways contribute;
+        * per subgroup ``S``, ``equivariant_fraction`` =
+          :math:`1 - \\lVert k_{\\lambda - P_S\\lambda}\\rVert / \\lVert k_\\lambda\\rVert`: the filter is linear in
+          λ, :math:`k_{P_S\\lambda}` (λ averaged over left translations by ``S``, i.e.
+          :math:`\\hat\\Lambda(\\psi) \\mapsto \\Pi^\\psi_S\\hat\\Lambda(\\psi)`) is exactly ``S``-equivariant, and
+          :math:`k_{\\lambda - P_S\\lambda}` is the part of the filter that breaks ``S``. 1 means exactly
+          ``S``-equivariant; for the whole group it is ``1 - nonequivariant_fraction``.
+        """
         with torch.no_grad():
-            out = self.likelihood.degree()
+            out = self.likelihood.degree(subgroups)
             full, _ = self.expand_parameters()
             strict, _ = self._strict_expansion()
-            out["nonequivariant_fraction"] = float((full - strict).norm() / full.norm().clamp_min(1e-30))
+            norm = full.norm().clamp_min(1e-30)
+            out["nonequivariant_fraction"] = float((full - strict).norm() / norm)
+            coeffs = self.likelihood.fourier_coefficients()
+            named = default_subgroups(self.likelihood.group) if subgroups is None else subgroups
+            for name, sid in named.items():
+                broken = torch.zeros_like(full.reshape(full.shape[0], full.shape[1], -1))
+                for pathway in self.pathways:
+                    lam = coeffs[pathway.irrep_id]
+                    irrep = self.likelihood.group.irrep(*pathway.irrep_id)
+                    proj = torch.as_tensor(self.likelihood._invariant_projector(sid, irrep), dtype=lam.dtype,
+                                           device=lam.device)
+                    broken = broken + pathway(lam - proj @ lam)
+                out["subgroups"][name]["equivariant_fraction"] = float(1.0 - broken.norm() / norm)
         return out
 
     def _extra(self) -> str:

@@ -109,7 +109,40 @@ def test_likelihood_uniform_on_subgroup_gives_exactly_that_equivariance(gspace, 
     x = random_input(layer)
     errors = equivariance_error(layer.double(), x, [els[k] for k in outside])
     assert min(errors.values()) > 0.05, errors
-    assert layer.degree()["nonequivariant_fraction"] > 0.1
+    degree = layer.degree({"S": sid, "G": None})
+    assert degree["nonequivariant_fraction"] > 0.1
+    # the filter's share that respects S is all of it; for G it is what the pathways do not contribute
+    assert degree["subgroups"]["S"]["equivariant_fraction"] == pytest.approx(1.0, abs=1e-6)
+    assert degree["subgroups"]["G"]["equivariant_fraction"] == pytest.approx(1.0 - degree["nonequivariant_fraction"])
+
+
+def test_equivariant_fraction_is_the_filter_part_that_respects_each_subgroup():
+    """k_{λ - P_S λ} is the S-breaking part of the filter: its symmetrisation over S vanishes, and its norm
+    relative to the filter is 1 - equivariant_fraction (checked by brute force on D4 with a random λ)."""
+    gs = gspaces.flipRot2dOnR2(4)
+    in_type, out_type = _types(gs)
+    torch.manual_seed(0)
+    layer = ProbabilisticR2Conv(in_type, out_type, 5, padding=2, L=10)
+    layer.likelihood.coefficients.data.normal_()
+    for p in layer.pathways:
+        p.weights.data.normal_()
+    sid = (None, 4)  # C4 inside D4
+    fraction = layer.degree({"C4": sid})["subgroups"]["C4"]["equivariant_fraction"]
+    assert 0.0 < fraction < 1.0
+    # brute force: make λ C4-invariant on the grid (average over left translations by C4), rebuild the filter
+    lik = layer.likelihood
+    with torch.no_grad():
+        full, _ = layer.expand_parameters()
+        density = lik.grid_density().double()
+        _, _, child = lik.group.subgroup(sid)
+        rotations = [g for g in lik.grid if child(g) is not None]
+        index = {str(g): i for i, g in enumerate(lik.grid)}
+        averaged = torch.stack([torch.stack([density[index[str(r @ g)]] for r in rotations]).mean()
+                                for g in lik.grid])
+        lik.fit_density_(averaged)
+        symmetric, _ = layer.expand_parameters()
+    brute = 1.0 - float((full - symmetric).norm() / full.norm())
+    assert fraction == pytest.approx(brute, abs=1e-3)
 
 
 def _fit(layer, x, y, steps=300):
