@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{os.cpu_count()} cores, {cfg.threads} thread per run, {cfg.workers} runs at a time)"
     took = "" if cfg.report_only else f"; {(time.time() - t0) / 60:.0f} min"
     text = (f"## DoubleMNIST comparison, scale {cfg.scale} ({device}, torch {torch.__version__}{took})\n\n"
-            f"Command: `.venv/bin/python benchmarks/doublemnist.py --scale {cfg.scale}`\n\n" + tables(results, cfg) + "\n")
+            f"Command: `.venv/bin/python benchmarks/doublemnist.py {shlex.join(sys.argv[1:] if argv is None else argv)}`"
+            "\n\n" + tables(results, cfg) + "\n")
     print("\n" + text)
     Path(cfg.markdown or out / "results.md").write_text(text)
     return 0
