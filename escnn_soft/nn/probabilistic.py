@@ -314,6 +314,23 @@ class _ProbabilisticConv(_ProbabilisticFilter):
 
     d: int
 
+    def _construct(self, escnn_conv: type, in_type: FieldType, out_type: FieldType, kernel_size: int,
+                   likelihood: GroupLikelihood | None, L: int, L_out: int | None, initialize: bool,
+                   **conv_kwargs: Any) -> None:
+        """escnn's constructor (strict basis, uninitialised), a private copy of its basis, escnn's He
+        initialisation of the strict weights, then the likelihood and its pathways."""
+        try:
+            escnn_conv.__init__(self, in_type, out_type, kernel_size, initialize=False, **conv_kwargs)
+        except ValueError as err:
+            if "filter is empty" not in str(err):
+                raise
+            raise _empty_basis(kernel_size) from None
+        privatize_(self.basisexpansion)  # type: ignore[attr-defined]
+        self._init_strict_weights(initialize)
+        self._init_conv(in_type, out_type, kernel_size, likelihood, L, L_out, conv_kwargs["dilation"],
+                        conv_kwargs["sigma"], conv_kwargs["frequencies_cutoff"], conv_kwargs["rings"],
+                        conv_kwargs["basis_filter"], initialize)
+
     def _init_conv(self, in_type, out_type, kernel_size, likelihood, L, L_out, dilation, sigma,
                    frequencies_cutoff, rings, basis_filter, initialize) -> None:
         bf, _, _, _ = compute_basis_params(kernel_size, frequencies_cutoff, rings, sigma, dilation, basis_filter)
@@ -390,19 +407,10 @@ class ProbabilisticR2Conv(_ProbabilisticConv, R2Conv):
         if in_type.gspace.dimensionality != 2:
             raise ValueError(f"in_type: ProbabilisticR2Conv needs a 2D gspace, got {in_type.gspace}; "
                              f"use ProbabilisticR3Conv for 3D or ProbabilisticLinear for no base space")
-        try:
-            R2Conv.__init__(self, in_type, out_type, kernel_size, padding=padding, stride=stride, dilation=dilation,
-                            padding_mode=padding_mode, groups=groups, bias=bias, sigma=sigma,
-                            frequencies_cutoff=frequencies_cutoff, rings=rings, maximum_offset=maximum_offset,
-                            basis_filter=basis_filter, initialize=False)
-        except ValueError as err:
-            if "filter is empty" not in str(err):
-                raise
-            raise _empty_basis(kernel_size) from None
-        privatize_(self.basisexpansion)
-        self._init_strict_weights(initialize)
-        self._init_conv(in_type, out_type, kernel_size, likelihood, L, L_out, dilation, sigma,
-                        frequencies_cutoff, rings, basis_filter, initialize)
+        self._construct(R2Conv, in_type, out_type, kernel_size, likelihood, L, L_out, initialize, padding=padding,
+                        stride=stride, dilation=dilation, padding_mode=padding_mode, groups=groups, bias=bias,
+                        sigma=sigma, frequencies_cutoff=frequencies_cutoff, rings=rings,
+                        maximum_offset=maximum_offset, basis_filter=basis_filter)
 
     def _strict_expansion(self):
         return R2Conv.expand_parameters(self)
@@ -423,19 +431,9 @@ class ProbabilisticR3Conv(_ProbabilisticConv, R3Conv):
         if in_type.gspace.dimensionality != 3:
             raise ValueError(f"in_type: ProbabilisticR3Conv needs a 3D gspace, got {in_type.gspace}; "
                              f"use ProbabilisticR2Conv for 2D")
-        try:
-            R3Conv.__init__(self, in_type, out_type, kernel_size, padding=padding, stride=stride, dilation=dilation,
-                            padding_mode=padding_mode, groups=groups, bias=bias, sigma=sigma,
-                            frequencies_cutoff=frequencies_cutoff, rings=rings,
-                            basis_filter=basis_filter, initialize=False)
-        except ValueError as err:
-            if "filter is empty" not in str(err):
-                raise
-            raise _empty_basis(kernel_size) from None
-        privatize_(self.basisexpansion)
-        self._init_strict_weights(initialize)
-        self._init_conv(in_type, out_type, kernel_size, likelihood, L, L_out, dilation, sigma,
-                        frequencies_cutoff, rings, basis_filter, initialize)
+        self._construct(R3Conv, in_type, out_type, kernel_size, likelihood, L, L_out, initialize, padding=padding,
+                        stride=stride, dilation=dilation, padding_mode=padding_mode, groups=groups, bias=bias,
+                        sigma=sigma, frequencies_cutoff=frequencies_cutoff, rings=rings, basis_filter=basis_filter)
 
     def _strict_expansion(self):
         return R3Conv.expand_parameters(self)
