@@ -10,11 +10,14 @@ from escnn import gspaces
 from escnn import nn as enn
 
 import escnn_soft as es
-from escnn_soft.metrics.equivariance import equivariance_error, grid_exact_elements
 from escnn_soft.nn._relaxation import subgroup_test_elements
 from escnn_soft.testing import assert_equivariant, random_input
+from tests.nn.relaxed_common import (
+    check_subgroup_equivariance_breaks_group_and_export,
+    relative_fit_loss,
+    soft_and_strict,
+)
 from tests.nn.relaxed_common import field_types as _types
-from tests.nn.relaxed_common import soft_and_strict
 
 # (group, relaxed subgroup id); a non-trivial subgroup for each group
 CASES = [("C4", None), ("C4", 2), ("D4", None), ("D4", (None, 4)), ("D4", (0, 1)),
@@ -29,11 +32,6 @@ def _randomise(layer: es.nn.RelaxedR2Conv) -> es.nn.RelaxedR2Conv:
     with torch.no_grad():
         layer.relaxed_weights.normal_(0, 0.3)
     return layer
-
-
-def _breaking_error(layer, x) -> float:
-    """Largest relative equivariance error over the grid-exact elements of the full group."""
-    return max(equivariance_error(layer, x, grid_exact_elements(layer.in_type.gspace)).values())
 
 
 @pytest.mark.parametrize("name,sid", CASES)
@@ -51,14 +49,7 @@ def test_zero_relaxation_equals_strict(name, sid):
 @pytest.mark.parametrize("name,sid", CASES)
 def test_subgroup_equivariance_breaks_group_and_export(name, sid):
     layer, strict = _layer(name, sid)
-    _randomise(layer)
-    x = random_input(layer)
-    if sid is not None:
-        assert_equivariant(layer, x, elements=subgroup_test_elements(layer.in_type.gspace, sid))
-    assert _breaking_error(layer, x) > 1e-2
-    assert _breaking_error(strict, x) < 1e-5
-    with torch.no_grad():
-        torch.testing.assert_close(layer.export()(x.tensor), layer(x).tensor)
+    check_subgroup_equivariance_breaks_group_and_export(_randomise(layer), strict, sid)
 
 
 def test_full_group_relaxation_breaks_only_translations():
@@ -127,18 +118,8 @@ def test_fits_a_target_the_strict_layer_cannot():
         ramp = torch.linspace(1.5, 0.5, 7, dtype=torch.float64).reshape(1, 1, 1, 7)
         target = free(in_type.restrict(1)(x.tensor)).tensor * ramp
 
-    def fit(layer) -> float:
-        layer.double()
-        opt = torch.optim.Adam(layer.parameters(), lr=2e-2)
-        for _ in range(300):
-            opt.zero_grad()
-            loss = (layer(x).tensor - target).pow(2).mean()
-            loss.backward()
-            opt.step()
-        return loss.item() / target.pow(2).mean().item()
-
-    strict = fit(es.nn.RelaxedR2Conv(in_type, out_type, 5, amplitude=0.0))
-    relaxed = fit(es.nn.RelaxedR2Conv(in_type, out_type, 5))
+    strict = relative_fit_loss(es.nn.RelaxedR2Conv(in_type, out_type, 5, amplitude=0.0), x, target)
+    relaxed = relative_fit_loss(es.nn.RelaxedR2Conv(in_type, out_type, 5), x, target)
     assert strict > 0.5 and relaxed < 0.01
 
 

@@ -9,11 +9,13 @@ from escnn import gspaces
 from escnn import nn as enn
 
 import escnn_soft as es
-from escnn_soft.metrics.equivariance import equivariance_error, grid_exact_elements
-from escnn_soft.nn._relaxation import subgroup_test_elements
-from escnn_soft.testing import assert_equivariant, random_input
+from escnn_soft.testing import random_input
+from tests.nn.relaxed_common import (
+    check_subgroup_equivariance_breaks_group_and_export,
+    relative_fit_loss,
+    soft_and_strict,
+)
 from tests.nn.relaxed_common import field_types as _types
-from tests.nn.relaxed_common import soft_and_strict
 
 # (group, relaxed subgroup id); None = unconstrained pixel weights in the free path
 CASES = [("C4", None), ("C4", 2), ("D4", None), ("D4", (None, 4)), ("D4", (0, 1)),
@@ -41,17 +43,8 @@ def test_zero_free_path_equals_strict(name, sid):
 @pytest.mark.parametrize("name,sid", CASES)
 def test_subgroup_equivariance_breaks_group_and_export(name, sid):
     layer, strict = _layer(name, sid)
-    _randomise(layer)
-    x = random_input(layer)
-    if sid is not None:
-        assert_equivariant(layer, x, elements=subgroup_test_elements(layer.in_type.gspace, sid))
-    elements = grid_exact_elements(layer.in_type.gspace)
-    assert max(equivariance_error(layer, x, elements).values()) > 1e-2
-    assert max(equivariance_error(strict, x, elements).values()) < 1e-5
-    exported = layer.export()
-    assert isinstance(exported, torch.nn.Conv2d)
-    with torch.no_grad():
-        torch.testing.assert_close(exported(x.tensor), layer(x).tensor)
+    check_subgroup_equivariance_breaks_group_and_export(_randomise(layer), strict, sid)
+    assert isinstance(layer.export(), torch.nn.Conv2d)
 
 
 def test_stride_padding_groups():
@@ -75,19 +68,9 @@ def test_fits_a_target_the_strict_layer_cannot():
     with torch.no_grad():
         target = torch.nn.Conv2d(4, 1, 5).double()(x.tensor)     # a random, non-equivariant filter
 
-    def fit(layer) -> float:
-        layer.double()
-        opt = torch.optim.Adam(layer.parameters(), lr=2e-2)
-        for _ in range(300):
-            opt.zero_grad()
-            loss = (layer(x).tensor - target).pow(2).mean() + layer.penalty()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            return (layer(x).tensor - target).pow(2).mean().item() / target.pow(2).mean().item()
-
-    strict = fit(es.nn.RPPR2Conv(in_type, out_type, 5, variance_free=1e-12))   # free path switched off by its prior
-    relaxed = fit(es.nn.RPPR2Conv(in_type, out_type, 5))
+    # the free path switched off by its prior, and on
+    strict = relative_fit_loss(es.nn.RPPR2Conv(in_type, out_type, 5, variance_free=1e-12), x, target, penalty=True)
+    relaxed = relative_fit_loss(es.nn.RPPR2Conv(in_type, out_type, 5), x, target, penalty=True)
     assert strict > 0.5 and relaxed < 0.01
 
 
