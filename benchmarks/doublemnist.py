@@ -32,11 +32,13 @@ from pathlib import Path
 import torch
 
 from escnn_soft.cli import SYMMETRIES
-from escnn_soft.models import METHODS
+from escnn_soft.models import METHODS, READOUTS
 
 SCALES = {
-    "small": {"n_images": 2000, "epochs": 4, "width": 2, "seeds": 2, "workers": 2, "batch_size": 32, "lr": 5e-3},
-    "paper": {"n_images": 10000, "epochs": 30, "width": 8, "seeds": 5, "workers": 1, "batch_size": 64, "lr": 5e-3},
+    "small": {"n_images": 2000, "epochs": 12, "width": 2, "seeds": 2, "workers": 2, "batch_size": 32, "lr": 5e-3,
+              "readout": "grid"},
+    "paper": {"n_images": 10000, "epochs": 30, "width": 8, "seeds": 5, "workers": 1, "batch_size": 64, "lr": 5e-3,
+              "readout": "grid"},
 }
 
 #: METHODS section 6: test accuracy on C1 / C4 / SO(2) / D1 / D4 / O(2) data (thesis table 8.3)
@@ -56,7 +58,7 @@ def _run(method: str, symmetry: str, seed: int, cfg: argparse.Namespace, folder:
     cmd = [sys.executable, "-m", "escnn_soft.cli", "train", "--method", method, "--compare", "",
            "--symmetry", symmetry, "--group", cfg.group, "--seed", str(seed), "--epochs", str(cfg.epochs),
            "--n-images", str(cfg.n_images), "--width", str(cfg.width), "--batch-size", str(cfg.batch_size),
-           "--lr", str(cfg.lr), "--device", cfg.device, "--threads", str(cfg.threads), "--report-images", "0",
+           "--readout", cfg.readout, "--lr", str(cfg.lr), "--device", cfg.device, "--threads", str(cfg.threads), "--report-images", "0",
            "--out", str(folder)]
     if (folder / f"{method}.pt").is_file():
         cmd.append("--resume")
@@ -95,7 +97,7 @@ def tables(results: dict, cfg: argparse.Namespace) -> str:
     """Markdown: accuracy table with the references, hardened accuracy, learned degree per layer, verdicts."""
     syms = cfg.symmetries
     lines = [(f"Test accuracy, mean ± std over up to {cfg.seeds} seeds ({cfg.n_images} images, {cfg.epochs} epochs, "
-             f"width {cfg.width}, group {cfg.group}); in brackets the reference of METHODS section 6."), "",
+             f"width {cfg.width}, group {cfg.group}, read-out {cfg.readout!r}); in brackets the reference of METHODS section 6."), "",
              "| method | " + " | ".join(syms) + " | mean |", "|---" * (len(syms) + 2) + "|"]
     means: dict[str, dict[str, float]] = {}
     for m in cfg.methods:
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("n_images", "epochs", "width", "seeds", "workers", "batch_size"):
         p.add_argument("--" + key.replace("_", "-"), type=int, default=None, help="default: from --scale")
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--readout", default=None, choices=READOUTS, help="read-out of every network (models.py); "
+                   "default: from --scale")
     p.add_argument("--threads", type=int, default=1, help="threads per run")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", default=None, help="default benchmarks/doublemnist_<scale>")

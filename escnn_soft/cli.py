@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from escnn_soft import __version__
 from escnn_soft.convert import SOFTEN_METHODS
-from escnn_soft.models import GROUPS, METHODS, build_model, method_summary
+from escnn_soft.models import GROUPS, METHODS, READOUTS, build_model, method_summary
 
 __all__ = ["load_checkpoint", "main", "save_checkpoint"]
 
@@ -42,12 +42,13 @@ def _device(name: str) -> torch.device:
 
 def _meta(args: argparse.Namespace, method: str) -> dict[str, Any]:
     return {"method": method, "group": args.group, "width": args.width, "max_frequency": args.max_frequency,
-            "L": args.L, "symmetry": args.symmetry, "n_images": args.n_images, "seed": args.seed,
+            "readout": args.readout, "L": args.L, "symmetry": args.symmetry, "n_images": args.n_images, "seed": args.seed,
             "version": __version__}
 
 
 def _model_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"group": meta["group"], "width": meta["width"], "max_frequency": meta["max_frequency"]}
+    kwargs: dict[str, Any] = {"group": meta["group"], "width": meta["width"], "max_frequency": meta["max_frequency"],
+                              "readout": meta.get("readout", "halves")}
     if meta["method"] == "probabilistic":
         kwargs["L"] = meta["L"]
     return kwargs
@@ -455,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-images", type=int, default=4000, help="images over train/val/test (8:1:1)")
     t.add_argument("--width", type=int, default=2)
     t.add_argument("--max-frequency", type=int, default=2)
+    t.add_argument("--readout", default="halves", choices=READOUTS,
+                   help="pool the invariant maps per half (default) or over a 3x3 grid (the thesis's flattened map)")
     t.add_argument("--L", type=int, default=2, help="band limit of the likelihoods (probabilistic)")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=5e-3)

@@ -2,15 +2,22 @@
 
 Steerable network: the 56×56 input is upsampled to 57×57 and masked to a disc of radius 28, then
 5 blocks conv–batch-norm–gated non-linearity with kernels 7, 5, 3, 3, 3 (anti-aliased average pooling
-after blocks 2 and 4), a 1×1 convolution to invariant fields, average pooling over the left and the
-right half of the image, and batch-norm–ELU–Linear. Hidden fields are the group's irreps up to
+after blocks 2 and 4), a 1×1 convolution to invariant fields, the read-out pooling (below), and
+batch-norm–ELU–Linear. Hidden fields are the group's irreps up to
 ``max_frequency`` (``width`` copies), each with its own gate. ``method`` chooses the convolution used in
 every block; the plain CNN mirrors the same blocks with ``torch.nn.Conv2d`` and as many channels.
 
-The read-out pools each half separately because a DoubleMNIST image is two digits side by side, each
-transformed on its own: the invariant features of each half describe one digit, and their order tells
-"37" from "73". Global pooling would make the network blind to that order (measured: a plain CNN on
-DoubleMNIST-C1 reaches 12% test accuracy after 5 epochs with global pooling, 69–82% with per-half pooling).
+Two read-outs (``readout``), both exactly equivariant to quarter turns and flips of the 15×15 map:
+
+* ``'halves'`` (default) averages the invariant maps over the left and the right half. A DoubleMNIST image is
+  two digits side by side, each transformed on its own: the invariant features of each half describe one
+  digit, and their order tells "37" from "73". Global pooling would make the network blind to that order
+  (measured: a plain CNN on DoubleMNIST-C1 reaches 12% test accuracy after 5 epochs with global pooling,
+  69–82% with per-half pooling). A strictly equivariant network with this read-out is nearly invariant to
+  rotating each digit on its own, so rotated digits cost it little, but it cannot tell a 6 from a 9.
+* ``'grid'`` averages them over a 3×3 grid of 5×5 cells and flattens it, as the thesis network flattens its
+  3×3 map of invariant fields. The coarse layout keeps the digits' orientation, so a strict network can tell
+  a 6 from a 9, and must learn every orientation of a rotated digit from data.
 
 The doubly-stochastic network (``method='ds'``, :class:`DSDoubleMNISTNet`) uses a finite group (the group
 itself for C_N/D_N, C8 for SO(2), D8 for O(2)): a lifting convolution to regular fields, four group
@@ -33,6 +40,7 @@ __all__ = [
     "METHODS",
     "DSDoubleMNISTNet",
     "PlainDoubleMNISTNet",
+    "READOUTS",
     "SteerableDoubleMNISTNet",
     "build_model",
     "conv_factory",
@@ -44,6 +52,7 @@ METHODS = ("cnn", "strict", "probabilistic", "relaxed", "rpp", "rsteer", "ds")
 #: the finite group of the doubly-stochastic network for each group of :data:`GROUPS` (escnn subgroup id)
 DS_SUBGROUP = {"C4": None, "D4": None, "C8": None, "D8": None, "SO2": 8, "O2": (0.0, 8)}
 KERNEL_SIZES = (7, 5, 3, 3, 3)
+READOUTS = ("halves", "grid")
 POOL_AFTER = (1, 3)
 
 
@@ -116,10 +125,11 @@ class SteerableDoubleMNISTNet(torch.nn.Module):
     """Steerable DoubleMNIST classifier; takes ``(B, 1, 56, 56)`` tensors or GeometricTensors."""
 
     def __init__(self, gspace: GSpace2D, method: str = "strict", width: int = 2, max_frequency: int = 2,
-                 n_classes: int = 100, n_invariant: int = 32, **method_kwargs):
+                 n_classes: int = 100, n_invariant: int = 32, readout: str = "halves", **method_kwargs):
         super().__init__()
         if width < 1:
             raise ValueError(f"width={width} is invalid: use a positive int")
+        self.readout = _check_readout(readout)
         make = conv_factory(method, **method_kwargs)
         self.gspace = gspace
         self.method = method
@@ -140,7 +150,7 @@ class SteerableDoubleMNISTNet(torch.nn.Module):
         self.blocks = enn.SequentialModule(*blocks)
         self.invariant_type = FieldType(gspace, [gspace.trivial_repr] * n_invariant)
         self.invariant = make(current, self.invariant_type, 1, 0)
-        self.head = _head(n_invariant, n_classes)
+        self.head = _head(n_invariant, n_classes, readout)
 
     def features(self, x) -> GeometricTensor:
         """Invariant feature maps before pooling."""
@@ -148,14 +158,15 @@ class SteerableDoubleMNISTNet(torch.nn.Module):
         return self.invariant(self.blocks(h))
 
     def forward(self, x) -> torch.Tensor:
-        return self.head(_pool_halves(self.features(x).tensor))
+        return self.head(_pool(self.features(x).tensor, self.readout))
 
 
 class PlainDoubleMNISTNet(torch.nn.Module):
     """The same blocks with ``torch.nn.Conv2d`` (``channels`` per block), BatchNorm2d and ELU."""
 
-    def __init__(self, channels: int, n_classes: int = 100, n_invariant: int = 32):
+    def __init__(self, channels: int, n_classes: int = 100, n_invariant: int = 32, readout: str = "halves"):
         super().__init__()
+        self.readout = _check_readout(readout)
         layers: list[torch.nn.Module] = []
         c_in = 1
         for i, k in enumerate(KERNEL_SIZES):
@@ -166,10 +177,10 @@ class PlainDoubleMNISTNet(torch.nn.Module):
             c_in = channels
         layers.append(torch.nn.Conv2d(c_in, n_invariant, 1))
         self.body = torch.nn.Sequential(*layers)
-        self.head = _head(n_invariant, n_classes)
+        self.head = _head(n_invariant, n_classes, readout)
 
     def forward(self, x) -> torch.Tensor:
-        return self.head(_pool_halves(self.body(_upsample(x))))
+        return self.head(_pool(self.body(_upsample(x)), self.readout))
 
 
 class DSDoubleMNISTNet(torch.nn.Module):
@@ -184,10 +195,11 @@ class DSDoubleMNISTNet(torch.nn.Module):
     """
 
     def __init__(self, gspace: GSpace2D, fields: int, subgroup_id=None, n_classes: int = 100,
-                 n_invariant: int = 32, **ds_kwargs):
+                 n_invariant: int = 32, readout: str = "halves", **ds_kwargs):
         super().__init__()
         from escnn_soft.nn import DSGroupConv, DSLiftingConv
 
+        self.readout = _check_readout(readout)
         if fields < 1:
             raise ValueError(f"fields={fields} is invalid: use a positive number of regular fields")
         self.gspace = gspace
@@ -209,7 +221,7 @@ class DSDoubleMNISTNet(torch.nn.Module):
         self.blocks = enn.SequentialModule(*blocks)
         self.group_pool = enn.GroupPooling(current)
         self.invariant = torch.nn.Conv2d(self.group_pool.out_type.size, n_invariant, 1)
-        self.head = _head(n_invariant, n_classes)
+        self.head = _head(n_invariant, n_classes, readout)
 
     def features(self, x) -> torch.Tensor:
         """Invariant feature maps before pooling (a plain tensor: the group lives on a subgroup's gspace)."""
@@ -217,7 +229,7 @@ class DSDoubleMNISTNet(torch.nn.Module):
         return self.invariant(self.group_pool(self.blocks(h)).tensor)
 
     def forward(self, x) -> torch.Tensor:
-        return self.head(_pool_halves(self.features(x)))
+        return self.head(_pool(self.features(x), self.readout))
 
 
 def _upsample(x) -> torch.Tensor:
@@ -226,24 +238,39 @@ def _upsample(x) -> torch.Tensor:
     return F.interpolate(t, size=(57, 57), mode="bilinear", align_corners=False)
 
 
-def _pool_halves(t: torch.Tensor) -> torch.Tensor:
-    """Average of the feature maps over the left and the right half: ``(B, C, H, W) → (B, 2C)``."""
-    return F.adaptive_avg_pool2d(t, (1, 2)).flatten(1)
+#: the pooled output size of each read-out (rows, columns)
+_READOUT_CELLS = {"halves": (1, 2), "grid": (3, 3)}
 
 
-def _head(n_invariant: int, n_classes: int) -> torch.nn.Sequential:
-    """Batch-norm–ELU–Linear on the pooled invariant features of both halves."""
-    return torch.nn.Sequential(torch.nn.BatchNorm1d(2 * n_invariant), torch.nn.ELU(),
-                               torch.nn.Linear(2 * n_invariant, n_classes))
+def _check_readout(readout: str) -> str:
+    if readout not in READOUTS:
+        raise ValueError(f"readout={readout!r} is not known; choose one of {', '.join(map(repr, READOUTS))}")
+    return readout
+
+
+def _pool(t: torch.Tensor, readout: str) -> torch.Tensor:
+    """Average of the feature maps over the read-out's cells, flattened: ``(B, C, H, W) → (B, C·cells)``.
+
+    ``'halves'``: the left and the right half (1×2 cells); ``'grid'``: 3×3 cells (5×5 pixels each on the
+    15×15 map, so quarter turns and flips permute whole cells).
+    """
+    return F.adaptive_avg_pool2d(t, _READOUT_CELLS[readout]).flatten(1)
+
+
+def _head(n_invariant: int, n_classes: int, readout: str) -> torch.nn.Sequential:
+    """Batch-norm–ELU–Linear on the pooled invariant features of every read-out cell."""
+    rows, cols = _READOUT_CELLS[readout]
+    n = rows * cols * n_invariant
+    return torch.nn.Sequential(torch.nn.BatchNorm1d(n), torch.nn.ELU(), torch.nn.Linear(n, n_classes))
 
 
 def build_model(method: str, group: str = "SO2", width: int = 2, max_frequency: int = 2, n_classes: int = 100,
-                **method_kwargs) -> torch.nn.Module:
+                readout: str = "halves", **method_kwargs) -> torch.nn.Module:
     """A DoubleMNIST network for ``method`` (one of :data:`METHODS`) on ``group``.
 
     The plain CNN gets as many channels per block as the steerable network's gated fields; the
     doubly-stochastic network as many regular fields of its finite group (:data:`DS_SUBGROUP`) as fill
-    that many channels (at least one).
+    that many channels (at least one). ``readout`` is ``'halves'`` or ``'grid'`` (module docstring).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; choose one of {', '.join(METHODS)}")
@@ -253,15 +280,15 @@ def build_model(method: str, group: str = "SO2", width: int = 2, max_frequency: 
     gspace = make_gspace(group, max_frequency)
     if method == "cnn":
         conv_out, _, _ = _gated_types(gspace, width, max_frequency)
-        return PlainDoubleMNISTNet(conv_out.size, n_classes=n_classes)
+        return PlainDoubleMNISTNet(conv_out.size, n_classes=n_classes, readout=readout)
     if method == "ds":
         conv_out, _, _ = _gated_types(gspace, width, max_frequency)
         sid = DS_SUBGROUP[group]
         order = (gspace.restrict(sid)[0] if sid is not None else gspace).fibergroup.order()
         return DSDoubleMNISTNet(gspace, max(1, round(conv_out.size / order)), subgroup_id=sid, n_classes=n_classes,
-                                **method_kwargs)
+                                readout=readout, **method_kwargs)
     return SteerableDoubleMNISTNet(gspace, method=method, width=width, max_frequency=max_frequency,
-                                   n_classes=n_classes, **method_kwargs)
+                                   n_classes=n_classes, readout=readout, **method_kwargs)
 
 
 def method_summary(model: torch.nn.Module) -> dict[str, dict]:

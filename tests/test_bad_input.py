@@ -314,6 +314,8 @@ CASES = [
                  id="build_model-max_frequency-negative"),
     pytest.param(lambda: models.build_model("strict", n_classes=0), V, "n_classes", "0",
                  id="build_model-n_classes-zero"),
+    pytest.param(lambda: models.build_model("cnn", readout="global"), V, "readout", "'global'",
+                 id="build_model-readout-unknown"),
 ]
 
 #: fragments of errors that leak from inside Python, torch or escnn instead of a check of ours

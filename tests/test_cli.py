@@ -56,7 +56,7 @@ def test_checkpoint_loads_with_weights_only_and_reports(tiny_run, capsys):
 
 def test_train_doubly_stochastic_network(tmp_path, capsys):
     assert main(["train", "--method", "ds", "--compare", "", "--n-images", "100", "--epochs", "1", "--group", "C4",
-                 "--width", "1", "--out", str(tmp_path), "--report-images", "1"]) == 0
+                 "--width", "1", "--out", str(tmp_path), "--report-images", "1", "--readout", "grid"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     degrees = results["ds"]["degrees"]
     assert set(degrees) == {f"blocks.{i}.0" for i in range(5)}  # a lifting and four group convolutions
@@ -64,6 +64,7 @@ def test_train_doubly_stochastic_network(tmp_path, capsys):
     assert len(list(tmp_path.glob("ds_matrices_blocks_*_0.png"))) == 5  # the learned matrices of every layer
     model, meta, _ = load_checkpoint(tmp_path / "ds.pt")
     assert meta["method"] == "ds" and type(model).__name__ == "DSDoubleMNISTNet"
+    assert meta["readout"] == "grid" and model.readout == "grid"  # the checkpoint rebuilds the 3x3 read-out
 
 
 def test_checkpoint_errors(tmp_path):
