@@ -456,8 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-images", type=int, default=4000, help="images over train/val/test (8:1:1)")
     t.add_argument("--width", type=int, default=2)
     t.add_argument("--max-frequency", type=int, default=2)
-    t.add_argument("--readout", default="halves", choices=READOUTS,
-                   help="pool the invariant maps per half (default) or over a 3x3 grid (the thesis's flattened map)")
+    t.add_argument("--readout", default="grid", choices=READOUTS,
+                   help="pool the invariant maps over a 3x3 grid (default; the thesis's flattened map) or per half")
     t.add_argument("--L", type=int, default=2, help="band limit of the likelihoods (probabilistic)")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=5e-3)

@@ -9,15 +9,15 @@ every block; the plain CNN mirrors the same blocks with ``torch.nn.Conv2d`` and 
 
 Two read-outs (``readout``), both exactly equivariant to quarter turns and flips of the 15×15 map:
 
-* ``'halves'`` (default) averages the invariant maps over the left and the right half. A DoubleMNIST image is
-  two digits side by side, each transformed on its own: the invariant features of each half describe one
-  digit, and their order tells "37" from "73". Global pooling would make the network blind to that order
-  (measured: a plain CNN on DoubleMNIST-C1 reaches 12% test accuracy after 5 epochs with global pooling,
-  69–82% with per-half pooling). A strictly equivariant network with this read-out is nearly invariant to
-  rotating each digit on its own, so rotated digits cost it little, but it cannot tell a 6 from a 9.
-* ``'grid'`` averages them over a 3×3 grid of 5×5 cells and flattens it, as the thesis network flattens its
-  3×3 map of invariant fields. The coarse layout keeps the digits' orientation, so a strict network can tell
-  a 6 from a 9, and must learn every orientation of a rotated digit from data.
+* ``'grid'`` (default) averages the invariant maps over a 3×3 grid of 5×5 cells and flattens it, as the
+  thesis network flattens its 3×3 map of invariant fields. The coarse layout keeps the digits' orientation,
+  so a strict network can tell a 6 from a 9, and must learn every orientation of a rotated digit from data.
+* ``'halves'`` averages them over the left and the right half. A DoubleMNIST image is two digits side by
+  side, each transformed on its own: the invariant features of each half describe one digit, and their
+  order tells "37" from "73". Global pooling would make the network blind to that order (measured: a plain
+  CNN on DoubleMNIST-C1 reaches 12% test accuracy after 5 epochs with global pooling, 69–82% with per-half
+  pooling). A strictly equivariant network with this read-out is nearly invariant to turning each digit on
+  its own (tested), so rotated digits cost it little, but it can hardly tell a 6 from a 9.
 
 The doubly-stochastic network (``method='ds'``, :class:`DSDoubleMNISTNet`) uses a finite group (the group
 itself for C_N/D_N, C8 for SO(2), D8 for O(2)): a lifting convolution to regular fields, four group
@@ -38,9 +38,9 @@ from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 __all__ = [
     "GROUPS",
     "METHODS",
+    "READOUTS",
     "DSDoubleMNISTNet",
     "PlainDoubleMNISTNet",
-    "READOUTS",
     "SteerableDoubleMNISTNet",
     "build_model",
     "conv_factory",
@@ -125,7 +125,7 @@ class SteerableDoubleMNISTNet(torch.nn.Module):
     """Steerable DoubleMNIST classifier; takes ``(B, 1, 56, 56)`` tensors or GeometricTensors."""
 
     def __init__(self, gspace: GSpace2D, method: str = "strict", width: int = 2, max_frequency: int = 2,
-                 n_classes: int = 100, n_invariant: int = 32, readout: str = "halves", **method_kwargs):
+                 n_classes: int = 100, n_invariant: int = 32, readout: str = "grid", **method_kwargs):
         super().__init__()
         if width < 1:
             raise ValueError(f"width={width} is invalid: use a positive int")
@@ -164,7 +164,7 @@ class SteerableDoubleMNISTNet(torch.nn.Module):
 class PlainDoubleMNISTNet(torch.nn.Module):
     """The same blocks with ``torch.nn.Conv2d`` (``channels`` per block), BatchNorm2d and ELU."""
 
-    def __init__(self, channels: int, n_classes: int = 100, n_invariant: int = 32, readout: str = "halves"):
+    def __init__(self, channels: int, n_classes: int = 100, n_invariant: int = 32, readout: str = "grid"):
         super().__init__()
         self.readout = _check_readout(readout)
         layers: list[torch.nn.Module] = []
@@ -195,7 +195,7 @@ class DSDoubleMNISTNet(torch.nn.Module):
     """
 
     def __init__(self, gspace: GSpace2D, fields: int, subgroup_id=None, n_classes: int = 100,
-                 n_invariant: int = 32, readout: str = "halves", **ds_kwargs):
+                 n_invariant: int = 32, readout: str = "grid", **ds_kwargs):
         super().__init__()
         from escnn_soft.nn import DSGroupConv, DSLiftingConv
 
@@ -265,12 +265,12 @@ def _head(n_invariant: int, n_classes: int, readout: str) -> torch.nn.Sequential
 
 
 def build_model(method: str, group: str = "SO2", width: int = 2, max_frequency: int = 2, n_classes: int = 100,
-                readout: str = "halves", **method_kwargs) -> torch.nn.Module:
+                readout: str = "grid", **method_kwargs) -> torch.nn.Module:
     """A DoubleMNIST network for ``method`` (one of :data:`METHODS`) on ``group``.
 
     The plain CNN gets as many channels per block as the steerable network's gated fields; the
     doubly-stochastic network as many regular fields of its finite group (:data:`DS_SUBGROUP`) as fill
-    that many channels (at least one). ``readout`` is ``'halves'`` or ``'grid'`` (module docstring).
+    that many channels (at least one). ``readout`` is ``'grid'`` (default) or ``'halves'`` (module docstring).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; choose one of {', '.join(METHODS)}")
