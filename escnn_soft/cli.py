@@ -42,12 +42,13 @@ def _device(name: str) -> torch.device:
 
 def _meta(args: argparse.Namespace, method: str) -> dict[str, Any]:
     return {"method": method, "group": args.group, "width": args.width, "max_frequency": args.max_frequency,
-            "readout": args.readout, "L": args.L, "symmetry": args.symmetry, "n_images": args.n_images, "seed": args.seed,
-            "version": __version__}
+            "readout": args.readout, "L": args.L, "symmetry": args.symmetry, "n_images": args.n_images,
+            "seed": args.seed, "version": __version__}
 
 
 def _model_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"group": meta["group"], "width": meta["width"], "max_frequency": meta["max_frequency"],
+                              # checkpoints from before the read-out option pooled per half
                               "readout": meta.get("readout", "halves")}
     if meta["method"] == "probabilistic":
         kwargs["L"] = meta["L"]

@@ -96,3 +96,18 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     assert full["history"] == cut["history"]
     for k, v in full["state_dict"].items():
         torch.testing.assert_close(cut["state_dict"][k], v, rtol=0, atol=0)
+
+
+def test_checkpoint_without_readout_metadata_loads_as_per_half(tmp_path):
+    """Checkpoints written before ``--readout`` existed pooled per half; they still load, as 'halves'."""
+    torch.manual_seed(0)
+    model = build_model("strict", group="C4", width=1, readout="halves")
+    path = tmp_path / "old.pt"
+    meta = {"method": "strict", "group": "C4", "width": 1, "max_frequency": 2, "L": 2}
+    save_checkpoint(path, model, meta, [])
+    assert "readout" not in torch.load(path, weights_only=True)["meta"]
+    loaded, _, _ = load_checkpoint(path)
+    assert loaded.readout == "halves"
+    x = torch.rand(2, 1, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model.eval()(x))
