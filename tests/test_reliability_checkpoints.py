@@ -14,7 +14,8 @@ X = torch.rand(3, 1, 56, 56, generator=torch.Generator().manual_seed(0))
 
 
 def _meta(method: str, group: str = "C4", width: int = 1) -> dict:
-    return {"method": method, "group": group, "width": width, "max_frequency": 2, "L": 2, "version": __version__}
+    return {"method": method, "group": group, "width": width, "max_frequency": 2, "readout": "grid", "L": 2,
+            "version": __version__}
 
 
 def _trained(method: str, group: str = "C4", width: int = 1, seed: int = 0) -> torch.nn.Module:
@@ -121,8 +122,8 @@ RUN = ["train", "--n-images", "100", "--width", "1", "--group", "C4", "--compare
 def test_resume_with_other_arguments_names_them(tmp_path):
     """The field types of the rebuilt model are checked too (the metadata alone could not tell a wider model)."""
     save_checkpoint(tmp_path / "strict.pt", build_model("strict", group="C4", width=1),
-                    {"method": "strict", "group": "C4", "width": 1, "max_frequency": 2, "L": 2, "symmetry": "C4",
-                     "n_images": 100, "seed": 0, "version": __version__, "epoch": 1}, [{"loss": 1.0}])
+                    {"method": "strict", "group": "C4", "width": 1, "max_frequency": 2, "readout": "grid", "L": 2,
+                     "symmetry": "C4", "n_images": 100, "seed": 0, "version": __version__, "epoch": 1}, [{"loss": 1.0}])
     with pytest.raises(SystemExit, match=r"width: checkpoint 1, this run 2.*field types of layer 'blocks\.0\.0'"):
         main(RUN[:3] + ["--width", "2"] + RUN[5:] + ["--method", "strict", "--epochs", "2", "--out", str(tmp_path),
                                                      "--resume"])
