@@ -61,8 +61,8 @@ def _run(method: str, symmetry: str, seed: int, cfg: argparse.Namespace, folder:
     cmd = [sys.executable, "-m", "escnn_soft.cli", "train", "--method", method, "--compare", "",
            "--symmetry", symmetry, "--group", cfg.group, "--seed", str(seed), "--epochs", str(cfg.epochs),
            "--n-images", str(cfg.n_images), "--width", str(cfg.width), "--batch-size", str(cfg.batch_size),
-           "--readout", cfg.readout, "--lr", str(cfg.lr), "--device", cfg.device, "--threads", str(cfg.threads), "--report-images", "0",
-           "--out", str(folder)]
+           "--readout", cfg.readout, "--lr", str(cfg.lr), "--device", cfg.device, "--threads", str(cfg.threads),
+           "--report-images", "0", "--out", str(folder)]
     if (folder / f"{method}.pt").is_file():
         cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TQDM_DISABLE": "1"}
@@ -100,7 +100,8 @@ def tables(results: dict, cfg: argparse.Namespace) -> str:
     """Markdown: accuracy table with the references, hardened accuracy, learned degree per layer, verdicts."""
     syms = cfg.symmetries
     lines = [(f"Test accuracy, mean ± std over up to {cfg.seeds} seeds ({cfg.n_images} images, {cfg.epochs} epochs, "
-             f"width {cfg.width}, group {cfg.group}, read-out {cfg.readout!r}); in brackets the reference of METHODS section 6."), "",
+             f"width {cfg.width}, group {cfg.group}, read-out {cfg.readout!r}); in brackets the reference of "
+             "METHODS section 6."), "",
              "| method | " + " | ".join(syms) + " | mean |", "|---" * (len(syms) + 2) + "|"]
     means: dict[str, dict[str, float]] = {}
     for m in cfg.methods:
