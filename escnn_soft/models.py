@@ -52,7 +52,9 @@ METHODS = ("cnn", "strict", "probabilistic", "relaxed", "rpp", "rsteer", "ds")
 #: the finite group of the doubly-stochastic network for each group of :data:`GROUPS` (escnn subgroup id)
 DS_SUBGROUP = {"C4": None, "D4": None, "C8": None, "D8": None, "SO2": 8, "O2": (0.0, 8)}
 KERNEL_SIZES = (7, 5, 3, 3, 3)
-READOUTS = ("halves", "grid")
+#: the pooled output size (rows, columns) of each read-out
+_READOUT_CELLS = {"halves": (1, 2), "grid": (3, 3)}
+READOUTS = tuple(_READOUT_CELLS)
 POOL_AFTER = (1, 3)
 
 
@@ -236,10 +238,6 @@ def _upsample(x) -> torch.Tensor:
     """56×56 images (tensor or GeometricTensor) → 57×57, so the masked disc has a centre pixel."""
     t = x.tensor if isinstance(x, GeometricTensor) else x
     return F.interpolate(t, size=(57, 57), mode="bilinear", align_corners=False)
-
-
-#: the pooled output size of each read-out (rows, columns)
-_READOUT_CELLS = {"halves": (1, 2), "grid": (3, 3)}
 
 
 def _check_readout(readout: str) -> str:
