@@ -7,6 +7,10 @@ what it learned and :mod:`escnn_soft.metrics` measures it::
     layer = es.nn.ProbabilisticR2Conv(in_type, out_type, kernel_size=5)
     loss = task_loss + es.regularization_loss(model)
 """
+from escnn_soft.ordering import canonical_order_, check_same_order, install_deterministic_hash
+
+install_deterministic_hash()  # before any escnn model is built through this package: see escnn_soft.ordering
+
 from escnn_soft import data, laplace, metrics, nn, testing
 from escnn_soft.convert import harden, soften
 from escnn_soft.likelihood import GroupLikelihood
@@ -14,4 +18,4 @@ from escnn_soft.regularization import regularization_loss
 
 __version__ = "0.1.0"
 
-__all__ = ["GroupLikelihood", "__version__", "data", "harden", "laplace", "metrics", "nn", "regularization_loss", "soften", "testing"]
+__all__ = ["GroupLikelihood", "__version__", "canonical_order_", "check_same_order", "data", "harden", "laplace", "metrics", "nn", "regularization_loss", "soften", "testing"]

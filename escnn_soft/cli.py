@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from escnn_soft import __version__
+from escnn_soft.checkpoint import load_checkpoint, model_kwargs, resume_state, save_checkpoint
 from escnn_soft.convert import SOFTEN_METHODS
+from escnn_soft.distributed import DistContext
 from escnn_soft.models import GROUPS, METHODS, READOUTS, build_model, method_summary
 
 __all__ = ["load_checkpoint", "main", "save_checkpoint"]
@@ -44,195 +46,6 @@ def _meta(args: argparse.Namespace, method: str) -> dict[str, Any]:
     return {"method": method, "group": args.group, "width": args.width, "max_frequency": args.max_frequency,
             "readout": args.readout, "L": args.L, "symmetry": args.symmetry, "n_images": args.n_images,
             "seed": args.seed, "version": __version__}
-
-
-def _model_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"group": meta["group"], "width": meta["width"], "max_frequency": meta["max_frequency"],
-                              # checkpoints from before the read-out option pooled per half
-                              "readout": meta.get("readout", "halves")}
-    if meta["method"] == "probabilistic":
-        kwargs["L"] = meta["L"]
-    return kwargs
-
-
-def _named_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """``model.named_modules()`` (same names and order) without hashing escnn's basis modules, which is slow."""
-    out: list[tuple[str, torch.nn.Module]] = []
-    seen: set[int] = set()
-    stack = [("", model)]
-    while stack:
-        name, module = stack.pop()
-        if id(module) in seen:
-            continue
-        seen.add(id(module))
-        out.append((name, module))
-        stack.extend(reversed([(f"{name}.{k}" if name else k, c) for k, c in module._modules.items() if c is not None]))
-    return out
-
-
-def _runs(field_type) -> str:
-    """The representation names of a field type, run-length encoded: ``'irrep_0*4, irrep_1, regular*2'``."""
-    runs: list[list] = []
-    for rep in field_type.representations:
-        if runs and runs[-1][0] == rep.name:
-            runs[-1][1] += 1
-        else:
-            runs.append([rep.name, 1])
-    return ", ".join(name if n == 1 else f"{name}*{n}" for name, n in runs)
-
-
-def _field_types(model: torch.nn.Module) -> dict[str, str]:
-    """``{layer: 'Class gspace: input fields -> output fields'}`` for every equivariant layer of ``model`` (escnn
-    modules without equivariant sub-modules), e.g. ``'R2Conv C4_on_R2[(None, 4)]: irrep_0 -> irrep_0*2, regular'``;
-    empty for a model without escnn layers. Saved in the checkpoint metadata, so that loading into a different
-    model can say which layers differ."""
-    from escnn.nn import EquivariantModule
-
-    out = {}
-    for name, m in _named_modules(model):
-        if not isinstance(m, EquivariantModule) or any(isinstance(c, EquivariantModule) for c in m._modules.values()):
-            continue
-        gspace_out = "" if m.out_type.gspace == m.in_type.gspace else f"{m.out_type.gspace.name}: "
-        out[name] = (f"{type(m).__name__} {m.in_type.gspace.name}: {_runs(m.in_type)} -> "
-                     f"{gspace_out}{_runs(m.out_type)}")
-    return out
-
-
-def _description(model: torch.nn.Module) -> dict[str, Any]:
-    """What can be read off a DoubleMNIST network itself: ``method``, ``group`` (when known) and ``field_types``."""
-    from escnn_soft.models import PlainDoubleMNISTNet
-
-    out: dict[str, Any] = {"field_types": _field_types(model)}
-    method = "cnn" if isinstance(model, PlainDoubleMNISTNet) else getattr(model, "method", None)
-    if method is not None:
-        out["method"] = method
-    gspace = getattr(model, "gspace", None)
-    if gspace is not None:
-        out["group"] = gspace.fibergroup.name.replace("(", "").replace(")", "")  # SO(2) -> SO2, as in GROUPS
-    return out
-
-
-def _differences(saved: dict[str, Any], current: dict[str, Any], what: str) -> list[str]:
-    """What differs between a checkpoint's metadata and ``current`` (every key of ``current``; the field types layer
-    by layer, the first three differing layers and a count), as ``'key: checkpoint X, <what> Y'``."""
-    out = [f"{key}: checkpoint {saved.get(key, '(not recorded)')!r}, {what} {value!r}"
-           for key, value in current.items() if key != "field_types" and saved.get(key, "(not recorded)") != value]
-    a, b = saved.get("field_types"), current.get("field_types")
-    if a is not None and b is not None and a != b:
-        layers = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
-        out += [f"field types of layer '{k}': checkpoint {a.get(k, '(no such layer)')!r}, "
-                f"{what} {b.get(k, '(no such layer)')!r}" for k in layers[:3]]
-        if len(layers) > 3:
-            out.append(f"and {len(layers) - 3} more layers")
-    return out
-
-
-def _state_differences(state: dict[str, torch.Tensor], model: torch.nn.Module) -> list[str]:
-    """Missing and unexpected keys and shape mismatches between a checkpoint's state dict and ``model``'s."""
-    own = _portable_state_dict(model)
-    out = [f"missing key '{k}'" for k in own if k not in state][:3]
-    out += [f"unexpected key '{k}'" for k in state if k not in own][:3]
-    out += [f"'{k}': checkpoint shape {tuple(v.shape)}, model shape {tuple(own[k].shape)}"
-            for k, v in state.items() if k in own and v.shape != own[k].shape][:3]
-    return out
-
-
-_MODE_DEPENDENT_BUFFERS = ("filter", "matrix", "expanded_bias")
-
-
-def _portable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` without the buffers escnn's ``R2Conv``/``R3Conv``/``Linear`` build in ``.eval()``
-    (``filter``/``matrix``, ``expanded_bias``: the expanded weights, present only in eval mode and in a model never
-    switched to train mode), so that a checkpoint saved in either mode loads into a model in either mode."""
-    from escnn.nn import Linear
-    from escnn.nn.modules.conv.rd_convolution import _RdConv
-
-    state = model.state_dict()
-    for name, m in _named_modules(model):
-        if isinstance(m, (_RdConv, Linear)):
-            for key in _MODE_DEPENDENT_BUFFERS:
-                state.pop(f"{name}.{key}" if name else key, None)
-    return state
-
-
-def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a portable state dict: in train mode (where escnn keeps no expanded weights), then every module back
-    in its own mode, so that eval-mode escnn layers rebuild their filters from the loaded weights."""
-    modes = [(m, m.training) for _, m in _named_modules(model)]
-    model.train()
-    try:
-        model.load_state_dict(state)
-    finally:
-        for m, mode in modes:  # parents before children, so a child's own mode wins
-            if m.training != mode:
-                m.train(mode)
-
-
-def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any], history: list[dict[str, float]],
-                    optimizer: torch.optim.Optimizer | None = None) -> None:
-    """State dict + metadata (method, group, widths, version, and the field types of every equivariant layer) +
-    history (+ optimiser and RNG state for ``--resume``), loadable with ``weights_only=True``.
-
-    The state dict is the same in train and eval mode (escnn's eval-only expanded filters are left out). Written
-    to a temporary file and renamed, so an interrupted run never leaves a truncated checkpoint."""
-    payload: dict[str, Any] = {"state_dict": _portable_state_dict(model),
-                               "meta": {**meta, "field_types": _field_types(model)}, "history": history,
-                               "rng": torch.get_rng_state()}
-    if optimizer is not None:
-        payload["optimizer"] = optimizer.state_dict()
-    tmp = Path(str(path) + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-
-
-def load_checkpoint(path: Path, device: torch.device | None = None, model: torch.nn.Module | None = None):
-    """Load a checkpoint written by :func:`save_checkpoint` (``torch.load(weights_only=True)``).
-
-    Without ``model`` the network the checkpoint describes is rebuilt from its metadata, loaded, moved to
-    ``device`` and returned in train mode. With ``model`` the weights are loaded into it (tensors mapped to
-    ``device``), each module keeping its train/eval mode.
-
-    Returns:
-        ``(model, meta, history)``.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: not an escnn-soft checkpoint, or a model that differs from the saved one; the message
-            names what differs: method, group, the field types of each differing layer, or parameter shapes.
-    """
-    path = Path(path)
-    device = device or torch.device("cpu")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no file at {path}; pass the .pt file written by 'escnn-soft train'")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(ckpt, dict) or "meta" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"checkpoint: {path} was not written by escnn-soft (no 'meta'/'state_dict' entries)")
-    meta = ckpt["meta"]
-    if model is None:
-        target = build_model(meta["method"], **_model_kwargs(meta)).train()
-        problem, what = "does not match the model it describes", "its metadata builds"
-    else:
-        target, problem, what = model, "was saved from a different model", "model"
-    differences = _differences(meta, _description(target), what) or _state_differences(ckpt["state_dict"], target)
-    if differences:
-        raise ValueError(f"checkpoint: {path} {problem} (method {meta.get('method')!r}, group {meta.get('group')!r}, "
-                         f"width {meta.get('width')!r}): " + "; ".join(differences))
-    _load_state(target, ckpt["state_dict"])
-    return (target.to(device) if model is None else target), meta, ckpt.get("history", [])
-
-
-def _resume_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]):
-    """Load weights, optimiser and RNG state of an interrupted run; returns the history so far."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    differences = _differences(ckpt["meta"], {**meta, "field_types": _field_types(model)}, "this run")
-    if differences:
-        raise SystemExit(f"--resume: {path} was written by a different run: " + "; ".join(differences)
-                         + "; use the same arguments (or a new --out folder)")
-    _load_state(model, ckpt["state_dict"])
-    if "optimizer" in ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    torch.set_rng_state(ckpt["rng"])
-    return list(ckpt.get("history", []))
 
 
 def _datasets(args: argparse.Namespace):
@@ -299,7 +112,7 @@ def _hardened_accuracy(model: torch.nn.Module, meta: dict[str, Any], test_loader
     from escnn_soft.convert import harden
     from escnn_soft.training import evaluate
 
-    copy = build_model(meta["method"], **_model_kwargs(meta)).to(device).train()
+    copy = build_model(meta["method"], **model_kwargs(meta)).to(device).train()
     copy.load_state_dict(model.state_dict())
     copy, log = harden(copy, threshold=threshold, return_log=True)
     return {"test_accuracy": evaluate(copy, test_loader, device)["accuracy"], "threshold": threshold,
@@ -314,8 +127,52 @@ def _kept(layers: dict[str, str]) -> str:
     return ", ".join(f"{sub} x{n}" for sub, n in counts.items())
 
 
+def _train_loader(train, args: argparse.Namespace, ctx: DistContext, epoch: int) -> DataLoader:
+    """Epoch ``epoch``'s batches: one shuffling generator per epoch in one process, a ``DistributedSampler``
+    (seeded with ``--seed``, ``set_epoch``) under ``torchrun``, where each rank takes ``--batch-size`` /
+    world size images of every global batch; either way a resumed run sees the same batches."""
+    if hasattr(train, "set_epoch"):  # re-drawn group elements (DoubleMNIST(redraw=True))
+        train.set_epoch(epoch)
+    if ctx.world_size == 1:
+        return DataLoader(train, batch_size=args.batch_size, shuffle=True,
+                          generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch))
+    sampler = DistributedSampler(train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed,
+                                 drop_last=True)
+    sampler.set_epoch(epoch)
+    return DataLoader(train, batch_size=args.batch_size // ctx.world_size, sampler=sampler, drop_last=True)
+
+
+def _context(args: argparse.Namespace) -> DistContext:
+    """The process group of a ``torchrun`` launch (or one process), checked against ``--batch-size``."""
+    from escnn_soft.distributed import init_from_env
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available here; use --device cpu")
+    try:
+        ctx = init_from_env(args.device)
+    except RuntimeError as e:
+        raise SystemExit(f"--device {args.device}: {e}") from e
+    if args.batch_size % ctx.world_size:
+        raise SystemExit(f"--batch-size {args.batch_size} is the global batch and must divide among the "
+                         f"{ctx.world_size} processes; use a multiple of {ctx.world_size}")
+    return ctx
+
+
+def _wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel`` under ``torchrun`` (after checking that every rank lists the same
+    parameters in the same order), else ``model`` itself."""
+    if ctx.world_size == 1:
+        return model
+    from escnn_soft.ordering import check_same_order
+
+    check_same_order(model)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ctx.device_ids)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    ctx = _context(args)
+    device = ctx.device
+    say = print if ctx.is_main else (lambda *a, **k: None)
     torch.set_num_threads(max(1, args.threads))
     methods = [args.method] + [m for m in args.compare.split(",") if m and m != args.method]
     for m in methods:
@@ -325,53 +182,53 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SystemExit("--resume and --marglik cannot be combined yet; rerun the marglik training from scratch")
     if args.resume and not args.out:
         raise SystemExit("--resume needs --out: the run folder whose checkpoints to continue")
+    if ctx.world_size > 1 and not args.out:
+        raise SystemExit("--out is needed under torchrun: every process must write to (and resume from) the same "
+                         "run folder")
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{args.symmetry}-{args.group}")
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     _seed_everything(args.seed)
     t0 = time.time()
     train, test = _datasets(args)
-    print(f"escnn-soft {__version__}: DoubleMNIST-{args.symmetry} ({args.source}), {len(train)} train / "
-          f"{len(test)} test images; group {args.group}; methods {', '.join(methods)}; run folder {out}")
+    say(f"escnn-soft {__version__}: DoubleMNIST-{args.symmetry} ({args.source}), {len(train)} train / "
+        f"{len(test)} test images; group {args.group}; methods {', '.join(methods)}; run folder {out}"
+        + (f"; {ctx.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'})"
+           if ctx.world_size > 1 else ""))
     results: dict[str, dict[str, Any]] = {}
     degree_lines: dict[str, list[str]] = {}
+    from escnn_soft.training import cosine_lr, set_lr, train_epoch
+
     for method in methods:
         _seed_everything(args.seed)
         meta = _meta(args, method)
-        model = build_model(method, **_model_kwargs(meta)).to(device)
+        model = build_model(method, **model_kwargs(meta)).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         history: list[dict[str, float]] = []
         ckpt_path = out / f"{method}.pt"
         if args.resume and ckpt_path.is_file():
-            history = _resume_state(ckpt_path, model, optimizer, meta)
-            print(f"{method:>14}: resuming after epoch {len(history)}")
-        from escnn_soft.training import cosine_lr, evaluate, set_lr, train_epoch
-
+            try:
+                history = resume_state(ckpt_path, model, optimizer, meta)
+            except ValueError as e:
+                raise SystemExit(f"--resume: {e}") from e
+            say(f"{method:>14}: resuming after epoch {len(history)}")
+        net = _wrap(model, ctx)
         if args.marglik:
-            history = _train_marglik(model, train, args, device, ckpt_path, meta)
+            history = _train_marglik(net, train, args, ctx, ckpt_path, meta)
         for epoch in range(len(history), args.epochs):
-            # one shuffling generator per epoch, so a resumed run sees the same batches
-            loader = DataLoader(train, batch_size=args.batch_size, shuffle=True,
-                                generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch))
             set_lr(optimizer, cosine_lr(args.lr, epoch, args.epochs))
-            stats = train_epoch(model, loader, optimizer, device, desc=f"{method} epoch {epoch + 1}/{args.epochs}")
+            stats = train_epoch(net, _train_loader(train, args, ctx, epoch), optimizer, device,
+                                desc=f"{method} epoch {epoch + 1}/{args.epochs}", progress=ctx.is_main)
             history.append(stats)
-            save_checkpoint(ckpt_path, model, {**meta, "epoch": epoch + 1}, history, optimizer)
-        test_loader = DataLoader(test, batch_size=256)
-        test_stats = evaluate(model, test_loader, device)
-        results[method] = {"test_accuracy": test_stats["accuracy"], "train": history[-1] if history else {},
-                           "degrees": method_summary(model)}
-        print(f"{method:>14}: test accuracy {test_stats['accuracy']:.3f} (train loss "
-              f"{history[-1]['loss'] if history else float('nan'):.3f})")
-        if method in SOFTEN_METHODS:
-            hardened = _hardened_accuracy(model, meta, test_loader, device, args.harden_threshold)
-            results[method]["hardened"] = hardened
-            print(f"{'hardened':>14}: test accuracy {hardened['test_accuracy']:.3f} (threshold "
-                  f"{args.harden_threshold}; kept {_kept(hardened['layers'])})")
-        if method != "cnn":
-            degree_lines[method] = _describe_degrees(model, out, method)
-            if method == methods[0] and args.report_images > 0:
-                report = _report(model, test.images[: args.report_images], out, method)
-                results[method]["subgroup_report"] = report.to_dict()
+            if ctx.is_main:
+                save_checkpoint(ckpt_path, model, {**meta, "epoch": epoch + 1}, history, optimizer)
+        if ctx.is_main:
+            results[method] = _evaluate_method(model, method, meta, history, test, args, out, methods[0] == method,
+                                               degree_lines)
+        if ctx.world_size > 1:
+            torch.distributed.barrier()  # the others wait while rank 0 evaluates and writes
+    if not ctx.is_main:
+        return 0
     print("\nWhat each soft layer learned (equivariant fraction 1 = exactly equivariant to that subgroup):")
     for method, lines in degree_lines.items():
         if lines:
@@ -385,23 +242,58 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_marglik(model: torch.nn.Module, train, args: argparse.Namespace, device: torch.device, ckpt_path: Path,
+def _evaluate_method(model: torch.nn.Module, method: str, meta: dict[str, Any], history: list[dict[str, float]],
+                     test, args: argparse.Namespace, out: Path, first: bool,
+                     degree_lines: dict[str, list[str]]) -> dict[str, Any]:
+    """Test accuracy, hardened accuracy, what each layer learned (plots) and, for the first method, the
+    subgroup report of a trained model; prints one line each and returns them for ``results.json``."""
+    from escnn_soft.training import evaluate
+
+    device = next(model.parameters()).device
+    test_loader = DataLoader(test, batch_size=256)
+    test_stats = evaluate(model, test_loader, device)
+    result = {"test_accuracy": test_stats["accuracy"], "train": history[-1] if history else {},
+              "degrees": method_summary(model)}
+    print(f"{method:>14}: test accuracy {test_stats['accuracy']:.3f} (train loss "
+          f"{history[-1]['loss'] if history else float('nan'):.3f})")
+    if method in SOFTEN_METHODS:
+        hardened = _hardened_accuracy(model, meta, test_loader, device, args.harden_threshold)
+        result["hardened"] = hardened
+        print(f"{'hardened':>14}: test accuracy {hardened['test_accuracy']:.3f} (threshold "
+              f"{args.harden_threshold}; kept {_kept(hardened['layers'])})")
+    if method != "cnn":
+        degree_lines[method] = _describe_degrees(model, out, method)
+        if first and args.report_images > 0:
+            result["subgroup_report"] = _report(model, test.images[: args.report_images], out, method).to_dict()
+    return result
+
+
+def _train_marglik(model: torch.nn.Module, train, args: argparse.Namespace, ctx: DistContext, ckpt_path: Path,
                    meta: dict[str, Any]) -> list[dict[str, float]]:
     """Marginal-likelihood training (es.laplace.marglik_training): burn-in for half the epochs, then the
     layer-wise prior precisions and in-network hyperparameters are tuned by the Laplace evidence every epoch
     (on a random subset of ``--marglik-batch`` images, Monte-Carlo GGN: one backward pass per image instead of
-    one per class); prints the evidence's per-layer view."""
+    one per class); prints the evidence's per-layer view. ``model`` may be wrapped in DDP (under ``torchrun``):
+    each rank then trains and fits the evidence on its shard."""
     from escnn_soft.laplace import marglik_training
     from escnn_soft.regularization import regularization_loss
 
-    loader = DataLoader(train, batch_size=args.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(args.seed))
-    model, hist = marglik_training(model.to(device), loader, n_epochs=args.epochs, lr=args.lr,
+    if ctx.world_size == 1:
+        loader = DataLoader(train, batch_size=args.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(args.seed))
+    else:
+        loader = DataLoader(train, batch_size=args.batch_size // ctx.world_size, drop_last=True,
+                            sampler=DistributedSampler(train, shuffle=True, seed=args.seed, drop_last=True))
+    model, hist = marglik_training(model, loader, n_epochs=args.epochs, lr=args.lr,
                                    n_epochs_burnin=max(1, args.epochs // 2), marglik_frequency=1,
                                    n_hypersteps=args.marglik_steps, marglik_batch_size=args.marglik_batch,
-                                   extra_loss=regularization_loss, seed=args.seed, stochastic=True)
+                                   extra_loss=regularization_loss, seed=args.seed, stochastic=True,
+                                   progress=ctx.is_main)
     history = [{"loss": loss} for loss in hist["loss"]]
-    save_checkpoint(ckpt_path, model, {**meta, "epoch": args.epochs}, history)
+    if not ctx.is_main:
+        return history
+    net = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    save_checkpoint(ckpt_path, net, {**meta, "epoch": args.epochs}, history)
     if hist.get("per_layer"):
         print(f"{meta['method']:>14}: Laplace evidence {hist['marglik'][-1]:.1f}; per layer (prior precision, "
               "log-det contribution):")

@@ -9,6 +9,7 @@ from escnn import nn as enn
 from escnn.nn import EquivariantModule
 
 from escnn_soft.nn.base import SoftModule
+from escnn_soft.ordering import canonical_order_
 from escnn_soft.subgroups import default_subgroups, subgroup
 
 __all__ = ["SOFTEN_METHODS", "harden", "soften"]
@@ -118,7 +119,7 @@ def soften(model: torch.nn.Module, method: str = "probabilistic", names: Iterabl
         return type(module) in types and (wanted is None or name in wanted)
 
     new, _ = _replace(model, select, lambda name, m: _make_soft(m, method, kwargs))
-    return new
+    return canonical_order_(new)
 
 
 # ----------------------------------------------------------------------------------------- harden
@@ -275,4 +276,5 @@ def harden(model: torch.nn.Module, threshold: float = 0.99, subgroups: dict[str,
         return isinstance(module, SoftModule) and isinstance(module, EquivariantModule) and hasattr(module, "weights")
 
     new, _ = _replace(model, select, lambda name, m: _harden_layer(m, threshold, subgroups, log, name or "(model)"))
+    canonical_order_(new)
     return (new, log) if return_log else new

@@ -35,6 +35,8 @@ from escnn import nn as enn
 from escnn.gspaces import GSpace2D
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
+from escnn_soft.ordering import canonical_order_
+
 __all__ = [
     "GROUPS",
     "METHODS",
@@ -275,6 +277,11 @@ def build_model(method: str, group: str = "SO2", width: int = 2, max_frequency: 
     for name, value, low in (("width", width, 1), ("max_frequency", max_frequency, 0), ("n_classes", n_classes, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name}={value!r} is invalid: use an int >= {low}")
+    return canonical_order_(_build(method, group, width, max_frequency, n_classes, readout, **method_kwargs))
+
+
+def _build(method: str, group: str, width: int, max_frequency: int, n_classes: int, readout: str,
+           **method_kwargs) -> torch.nn.Module:
     gspace = make_gspace(group, max_frequency)
     if method == "cnn":
         conv_out, _, _ = _gated_types(gspace, width, max_frequency)

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from escnn_soft.distributed import sum_over_ranks
 from escnn_soft.regularization import regularization_loss
 
 __all__ = ["cosine_lr", "evaluate", "set_lr", "train_epoch"]
@@ -30,7 +31,10 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def train_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                 device: torch.device, regularize: bool = True, desc: str = "train",
                 progress: bool = True) -> dict[str, float]:
-    """One epoch of cross-entropy training plus :func:`escnn_soft.regularization_loss` (if ``regularize``)."""
+    """One epoch of cross-entropy training plus :func:`escnn_soft.regularization_loss` (if ``regularize``).
+
+    ``model`` may be wrapped in ``DistributedDataParallel``; the returned statistics are then those of the
+    whole epoch over every rank's shard (summed over the ranks)."""
     model.train()
     total, correct, loss_sum, reg_sum = 0, 0, 0.0, 0.0
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
@@ -47,6 +51,9 @@ def train_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.opt
         reg_sum += float(reg.detach()) * len(y)
     if total == 0:
         raise ValueError("loader: it yielded no batch; check the dataset size and batch_size")
+    # under torch.distributed: the statistics of the whole epoch, over every rank's shard
+    total, correct, loss_sum, reg_sum = sum_over_ranks(
+        [torch.tensor([total, correct, loss_sum, reg_sum], dtype=torch.float64, device=device)])[0].tolist()
     return {"loss": loss_sum / total, "regularization": reg_sum / total, "accuracy": correct / total}
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from escnn import nn as enn
 from torch import Tensor, nn
 
+from escnn_soft.distributed import is_distributed, rank, sum_over_ranks, world_size
 from escnn_soft.laplace.curvature import SlotStats, Term, _connected, plan_terms
 from escnn_soft.laplace.exact import dense_ggn
 from escnn_soft.laplace.hooks import OpCall, OpRecorder
@@ -346,6 +347,11 @@ class LaplaceEvidence:
             n_data: size of the whole training set when ``loader`` covers a subset of :math:`M` samples;
                 the loss and :math:`G` are scaled by :math:`N/M` (a stochastic estimate).
             progress: show a tqdm bar over batches.
+
+        Under an initialised ``torch.distributed`` process group of several ranks, every rank fits its own
+        shard (e.g. through a ``DistributedSampler``) and the loss, sample counts and curvature statistics are
+        summed over the ranks, so the evidence equals the single-process evidence on the union of the shards;
+        ``n_data`` is then the size of the whole training set, not of a shard.
         """
         if not isinstance(loader, Iterable):
             raise TypeError(f"loader: expected an iterable of (x, y) batches (e.g. a torch DataLoader), "
@@ -382,6 +388,8 @@ class LaplaceEvidence:
                     terms, stats = plan_terms(rec.calls, rec.expansions, self.params, self._modules, hyper,
                                               differentiable, blocks=self.hessian == "kron")
                 self._accumulate(rec.calls, stats, f, y, differentiable)
+        if is_distributed():
+            n_seen, loss, h_full = self._sum_over_ranks(n_seen, loss, stats, h_full, differentiable)
         if n_seen == 0:
             raise ValueError("loader: it yielded no batches: cannot fit the Laplace approximation on no data; pass a "
                              "loader over at least one (x, y) batch")
@@ -405,6 +413,46 @@ class LaplaceEvidence:
                     raise FloatingPointError(f"non-finite curvature for '{name}' at layer '{layer}' ({kind})")
         self._fitted = True
         return self
+
+    def _sum_over_ranks(self, n_seen: int, loss: Tensor | None, stats: dict[Any, SlotStats], h_full: Tensor | None,
+                        differentiable: bool) -> tuple[int, Tensor, Tensor | None]:
+        """Under a process group, each rank has fitted its shard: sum the sample counts, the loss and every
+        curvature statistic over the ranks (:func:`escnn_soft.distributed.sum_over_ranks`), so that the fit is
+        the fit on the union of the shards. With ``differentiable`` the sums keep the graph; the gradients of
+        a replicated evidence must then be averaged over ranks (:func:`escnn_soft.distributed.average_gradients`,
+        as :func:`marglik_training` does)."""
+        counts = torch.zeros(world_size(), dtype=torch.float64, device=self._device)
+        counts[rank()] = n_seen
+        counts = sum_over_ranks([counts])[0]
+        empty = [r for r, c in enumerate(counts.tolist()) if c == 0]
+        if empty:  # every rank raises the same error, before the collectives that need every rank's statistics
+            raise ValueError(f"loader: rank(s) {empty} yielded no batches; under torch.distributed every rank must "
+                             "fit at least one batch (shard the data with a DistributedSampler over enough samples)")
+        slot_n = sum_over_ranks([torch.tensor([float(st.n) for st in stats.values()], dtype=torch.float64,
+                                              device=self._device)])[0]
+        tensors: list[Tensor] = [loss] + ([h_full] if h_full is not None else [])
+        places: list[tuple[Any, str, Any]] = []
+        for key, st in stats.items():
+            for attr in ("G", "A"):
+                if getattr(st, attr) is not None:
+                    tensors.append(getattr(st, attr))
+                    places.append((key, attr, None))
+            for attr in ("A_g", "A_f", "A_z"):
+                for k, v in getattr(st, attr).items():
+                    tensors.append(v)
+                    places.append((key, attr, k))
+        reduced = sum_over_ranks(tensors, differentiable)
+        loss, rest = reduced[0], reduced[1:]
+        if h_full is not None:
+            h_full, rest = rest[0], rest[1:]
+        for (key, attr, k), value in zip(places, rest):
+            if k is None:
+                setattr(stats[key], attr, value)
+            else:
+                getattr(stats[key], attr)[k] = value
+        for st, n in zip(stats.values(), slot_n.tolist()):
+            st.n = int(n)
+        return int(counts.sum()), loss, h_full
 
     def _set_point_estimates(self, covered: set) -> None:
         """Parameters reaching no recorded op stay point estimates (warned once per set)."""

@@ -13,6 +13,12 @@ and ``n_hypersteps`` Adam steps maximise it over the hyperparameters: log prior 
 coefficients). When the network has hyperparameters the curvature is rebuilt with autograd graph at every
 step (:meth:`LaplaceEvidence.fit` with ``differentiable=True``), on the whole training set or, with
 ``marglik_batch_size``, on a random subset scaled by :math:`N/M`.
+
+Distributed (``torch.distributed`` initialised, ``model`` wrapped in ``DistributedDataParallel``, the loader
+over a ``DistributedSampler``): DDP averages the weight gradients; the evidence is fitted on every rank's
+shard and summed over ranks (:meth:`LaplaceEvidence.fit`), the random subsets of ``marglik_batch_size`` are
+drawn identically on every rank (``seed``) and split between them, and the hyperparameter gradients are
+averaged over ranks, so every rank takes the same hyperparameter step as a single process would.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import trange
 
+from escnn_soft.distributed import average_gradients, rank, sum_over_ranks, world_size
 from escnn_soft.laplace.evidence import LaplaceEvidence, _output, _to
 
 __all__ = ["marglik_training"]
@@ -42,7 +49,8 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
     """Train ``model`` and its hyperparameters with the Laplace evidence (module docstring).
 
     Args:
-        model: the network (see :class:`LaplaceEvidence` for which layers are supported).
+        model: the network (see :class:`LaplaceEvidence` for which layers are supported), or the network
+            wrapped in ``DistributedDataParallel`` (module docstring).
         train_loader: a ``DataLoader`` of ``(x, y)`` batches.
         likelihood, hessian, prior_precision, prior_structure: passed to :class:`LaplaceEvidence`.
         sigma_noise, hyperparameters, exclude, stochastic, mc_samples: passed to :class:`LaplaceEvidence`.
@@ -83,11 +91,12 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
     n_data = len(dataset)
     if n_data == 0:
         raise ValueError("train_loader: it has an empty dataset (0 samples); pass a loader over the training set")
-    ev = LaplaceEvidence(model, likelihood, hessian, prior_precision=prior_precision,
+    net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    ev = LaplaceEvidence(net, likelihood, hessian, prior_precision=prior_precision,
                          prior_structure=prior_structure, sigma_noise=sigma_noise, hyperparameters=hyperparameters,
                          exclude=exclude, stochastic=stochastic, mc_samples=mc_samples)
     hyper_ids = {id(h) for h in ev.network_hyperparameters}
-    weights = [p for p in model.parameters() if p.requires_grad and id(p) not in hyper_ids]
+    weights = [p for p in net.parameters() if p.requires_grad and id(p) not in hyper_ids]
     optimizer = torch.optim.Adam(weights, lr=lr)
     hyper = ev.hyperparameters()
     hyper_optimizer = torch.optim.Adam(hyper, lr=lr_hyp)
@@ -96,6 +105,9 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
                                "prior_precision": [], "sigma_noise": [], "per_layer": [], "evidence": None}
     bar = trange(1, n_epochs + 1, desc="marglik training", disable=not progress)
     for epoch in bar:
+        for epoch_aware in (getattr(train_loader, "sampler", None), dataset):
+            if hasattr(epoch_aware, "set_epoch"):  # DistributedSampler's shuffle, DoubleMNIST's re-drawn elements
+                epoch_aware.set_epoch(epoch - 1)
         history["loss"].append(_train_epoch(model, train_loader, ev, optimizer, n_data, extra_loss))
         postfix = {"loss": f"{history['loss'][-1]:.4g}"}
         if epoch > n_epochs_burnin and (epoch - n_epochs_burnin) % marglik_frequency == 0:
@@ -140,7 +152,9 @@ def _train_epoch(model: nn.Module, loader: DataLoader, ev: LaplaceEvidence, opti
         seen += len(y)
     if seen == 0:
         raise ValueError("train_loader yielded no batches")
-    return total / seen
+    counts = torch.tensor([total, float(seen)], dtype=torch.float64, device=ev._device)
+    total_seen = sum_over_ranks([counts])[0].tolist()
+    return total_seen[0] / total_seen[1]
 
 
 def _hyper_update(ev: LaplaceEvidence, loader: DataLoader, hyper: list[Tensor],
@@ -150,20 +164,22 @@ def _hyper_update(ev: LaplaceEvidence, loader: DataLoader, hyper: list[Tensor],
     in_network = bool(ev.network_hyperparameters)
     n_data = len(loader.dataset)
     if batch_size is None and not in_network:
-        ev.fit(loader)
+        ev.fit(loader, n_data=n_data)
     marglik = math.nan
     for _ in range(steps):
         if batch_size is not None:
-            idx = torch.randperm(n_data, generator=generator)[:batch_size].tolist()
+            # the same draw on every rank (same seed), split between the ranks
+            idx = torch.randperm(n_data, generator=generator)[:batch_size].tolist()[rank()::world_size()]
             subset = DataLoader(Subset(loader.dataset, idx), batch_size=loader.batch_size or batch_size)
             ev.fit(subset, differentiable=in_network, n_data=n_data)
         elif in_network:
-            ev.fit(loader, differentiable=True)
+            ev.fit(loader, differentiable=True, n_data=n_data)
         optimizer.zero_grad()
         value = ev.log_marginal_likelihood()
         grads = torch.autograd.grad(-value, hyper, allow_unused=True)
         for t, g in zip(hyper, grads):
             t.grad = g
+        average_gradients(hyper)
         optimizer.step()
         marglik = float(value)
     return marglik
