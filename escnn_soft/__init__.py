@@ -18,4 +18,4 @@ from escnn_soft.regularization import regularization_loss
 
 __version__ = "0.1.0"
 
-__all__ = ["GroupLikelihood", "__version__", "canonical_order_", "check_same_order", "data", "harden", "laplace", "metrics", "nn", "regularization_loss", "soften", "testing"]
+__all__ = ["GroupLikelihood", "__version__", "canonical_order_", "check_same_order", "data", "distributed", "harden", "laplace", "metrics", "nn", "ordering", "regularization_loss", "soften", "testing"]
