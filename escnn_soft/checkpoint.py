@@ -273,7 +273,7 @@ def restore_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Mo
     saved = ckpt["optimizer_by_name"]
     names = _param_names(optimizer, model)
     saved_names = [g["params"] for g in saved["param_groups"]]
-    if saved_names != names:
+    if [sorted(g) for g in saved_names] != [sorted(g) for g in names]:
         flat_saved = [n for g in saved_names for n in g]
         flat = [n for g in names for n in g]
         problems = [f"'{n}' is in the checkpoint, not in the optimizer" for n in flat_saved if n not in flat][:3]
@@ -289,8 +289,9 @@ def restore_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Mo
                 raise ValueError(f"{path}: optimiser state '{key}' of parameter '{name}' has shape "
                                  f"{tuple(value.shape)}, the parameter {tuple(params[name].shape)}; the checkpoint "
                                  "was written by a different model")
+    # torch matches saved to current parameters by position within each group: give it this optimiser's order
     position = {n: i for i, n in enumerate(n for g in names for n in g)}
     optimizer.load_state_dict({
         "state": {position[n]: v for n, v in saved["state"].items()},
-        "param_groups": [{**{k: v for k, v in g.items() if k != "params"}, "params": [position[n] for n in g["params"]]}
-                         for g in saved["param_groups"]]})
+        "param_groups": [{**{k: v for k, v in g.items() if k != "params"}, "params": [position[n] for n in own]}
+                         for g, own in zip(saved["param_groups"], names)]})

@@ -22,8 +22,8 @@ import torch
 def escnn_net(soft: str | None = None, batch_norm: bool = False) -> torch.nn.Module:
     """A user-style escnn network on C4 (conv, optional IID batch norm, norm non-linearity, conv, spatial mean,
     linear), optionally softened with ``soft``."""
-    import escnn.gspaces as gspaces
     import escnn.nn as enn
+    from escnn import gspaces
 
     import escnn_soft as es
 
