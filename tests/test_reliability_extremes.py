@@ -283,10 +283,12 @@ def test_laplace_full_names_the_layer_when_the_posterior_precision_is_singular(c
     make, data = _cases()[case]
     ev = LaplaceEvidence(make(), hessian="full").fit(data)
     assert bool(torch.isfinite(ev.log_marginal_likelihood(1.0)))
-    with pytest.raises(ValueError, match=r"not positive definite in torch.float32 at '0\.(weight|bias)' at layer '0'"
-                                         r".*larger prior_precision"):
+    # which block's leading minor float32 Cholesky fails at first is platform-dependent (the rounding of the
+    # near-zero pivots): what is guaranteed is an error naming one of the model's parameters, its layer, and the fix
+    named = r"at '([02])\.(weight|bias)' at layer '\1'.*larger prior_precision"
+    with pytest.raises(ValueError, match=r"not positive definite in torch.float32 " + named):
         ev.log_marginal_likelihood(1e-12)
-    with pytest.raises(ValueError, match=r"at '0\.(weight|bias)' at layer '0'.*larger prior_precision"):
+    with pytest.raises(ValueError, match=named):
         ev.per_layer(1e-12)
 
 
