@@ -1,6 +1,6 @@
 """One rank of the multi-process tests (tests/distributed/test_*.py), run as a script in a new process.
 
-``python worker.py TASK OUT`` with torchrun's variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
+``python worker.py TASK OUT`` (``WORKER_DEVICE=cuda``: nccl, one GPU per rank) with torchrun's variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
 ``MASTER_PORT``) set by the test, each rank with its own ``PYTHONHASHSEED``. ``WORLD_SIZE=1`` is the
 single-process reference on the concatenated data. Results go to ``OUT/rank{r}.pt``.
 
@@ -77,22 +77,24 @@ def signature(model_name: str) -> dict:
     return {"signature": es.ordering.order_signature(build(model_name))}
 
 
-def ddp(model_name: str, rank: int, world: int) -> dict:
+def ddp(model_name: str, ctx) -> dict:
     import torch.distributed as dist
 
     import escnn_soft as es
 
+    rank, world = ctx.rank, ctx.world_size
     model = build(model_name)
     if not model_name.startswith("doublemnist"):  # escnn's masking and gates allocate float32 there
         model = model.double()
         torch.set_default_dtype(torch.float64)  # what escnn allocates in the forward pass
     size, n_classes = (56, 100) if model_name.startswith("doublemnist") else (11, 3)
-    x, y = data(8, size, n_classes)
-    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model = model.to(ctx.device)
+    x, y = (t.to(ctx.device) for t in data(8, size, n_classes))
+    initial = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     net = model
     if world > 1:
         es.check_same_order(model)
-        net = torch.nn.parallel.DistributedDataParallel(model)
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ctx.device_ids)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
     for _ in range(3):
@@ -108,20 +110,21 @@ def ddp(model_name: str, rank: int, world: int) -> dict:
         net(x[:2])
     if world > 1:
         dist.barrier()
-    return {"initial": initial, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    return {"initial": initial, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
 
-def laplace(hessian: str, rank: int, world: int) -> dict:
+def laplace(hessian: str, ctx) -> dict:
     import escnn_soft as es
 
-    model = build("escnn-probabilistic").double()
+    rank, world = ctx.rank, ctx.world_size
+    model = build("escnn-probabilistic").double().to(ctx.device)
     torch.set_default_dtype(torch.float64)
     with torch.no_grad():  # a non-uniform λ, so the evidence depends on its coefficients
         for name, p in model.named_parameters():
             if "likelihood" in name:
                 p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
-    x, y = data(12, 11, 3)
-    shard = torch.arange(rank, len(x), world)  # interleaved shards
+    x, y = (t.to(ctx.device) for t in data(12, 11, 3))
+    shard = torch.arange(rank, len(x), world, device=ctx.device)  # interleaved shards
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[shard], y[shard]), batch_size=4)
     ev = es.laplace.LaplaceEvidence(model, hessian=hessian)
     ev.fit(loader, differentiable=True)
@@ -131,7 +134,7 @@ def laplace(hessian: str, rank: int, world: int) -> dict:
     for t, g in zip(hyper, grads):
         t.grad = g
     es.distributed.average_gradients(hyper)
-    return {"value": value.detach(), "n_data": ev.n_data, "grads": [t.grad.detach() for t in hyper]}
+    return {"value": value.detach().cpu(), "n_data": ev.n_data, "grads": [t.grad.detach().cpu() for t in hyper]}
 
 
 def main() -> None:
@@ -144,8 +147,8 @@ def main() -> None:
     else:
         import escnn_soft as es
 
-        es.distributed.init_from_env("cpu")
-        result = ddp(arg, rank, world) if kind == "ddp" else laplace(arg, rank, world)
+        ctx = es.distributed.init_from_env(os.environ.get("WORKER_DEVICE", "cpu"))
+        result = ddp(arg, ctx) if kind == "ddp" else laplace(arg, ctx)
         if world > 1:
             torch.distributed.destroy_process_group()
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
