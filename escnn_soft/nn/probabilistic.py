@@ -198,16 +198,21 @@ class _ProbabilisticFilter(SoftModule):
                 self.weights.copy_(he_stds(self.basisexpansion) * torch.randn(self.weights.shape))  # type: ignore
 
     def _setup(self, in_type: FieldType, out_type: FieldType, likelihood: GroupLikelihood | None, L: int,
-               L_out: int | None, basis_generator, points: np.ndarray, basis_filter, initialize: bool) -> None:
+               L_out: int | None, parameterisation: str | None, basis_generator, points: np.ndarray, basis_filter,
+               initialize: bool) -> None:
         group = in_type.fibergroup
         if likelihood is None:
-            likelihood = GroupLikelihood(group, L=L, L_out=L_out)
+            extra = {} if parameterisation is None else {"parameterisation": parameterisation}
+            likelihood = GroupLikelihood(group, L=L, L_out=L_out, **extra)
         elif not isinstance(likelihood, GroupLikelihood):
             raise TypeError(f"likelihood: expected an escnn_soft.GroupLikelihood or None, "
                             f"got {type(likelihood).__name__}")
         elif likelihood.group != group:
             raise ValueError(f"likelihood: it is defined over {likelihood.group} but the layer's field types live on "
                              f"{group}; build it with GroupLikelihood(in_type.fibergroup, ...)")
+        elif parameterisation is not None and parameterisation != likelihood.parameterisation:
+            raise ValueError(f"parameterisation={parameterisation!r} contradicts the given likelihood's "
+                             f"{likelihood.parameterisation!r}; leave parameterisation None when passing a likelihood")
         self.likelihood = likelihood
         pathways: list[_Pathway] = []
         for irrep in likelihood.out_irreps:
@@ -315,8 +320,8 @@ class _ProbabilisticConv(_ProbabilisticFilter):
     d: int
 
     def _construct(self, escnn_conv: type, in_type: FieldType, out_type: FieldType, kernel_size: int,
-                   likelihood: GroupLikelihood | None, L: int, L_out: int | None, initialize: bool,
-                   **conv_kwargs: Any) -> None:
+                   likelihood: GroupLikelihood | None, L: int, L_out: int | None, parameterisation: str | None,
+                   initialize: bool, **conv_kwargs: Any) -> None:
         """escnn's constructor (strict basis, uninitialised), a private copy of its basis, escnn's He
         initialisation of the strict weights, then the likelihood and its pathways."""
         try:
@@ -327,14 +332,14 @@ class _ProbabilisticConv(_ProbabilisticFilter):
             raise _empty_basis(kernel_size) from None
         privatize_(self.basisexpansion)  # type: ignore[attr-defined]
         self._init_strict_weights(initialize)
-        self._init_conv(in_type, out_type, kernel_size, likelihood, L, L_out, conv_kwargs["dilation"],
+        self._init_conv(in_type, out_type, kernel_size, likelihood, L, L_out, parameterisation, conv_kwargs["dilation"],
                         conv_kwargs["sigma"], conv_kwargs["frequencies_cutoff"], conv_kwargs["rings"],
                         conv_kwargs["basis_filter"], initialize)
 
-    def _init_conv(self, in_type, out_type, kernel_size, likelihood, L, L_out, dilation, sigma,
+    def _init_conv(self, in_type, out_type, kernel_size, likelihood, L, L_out, parameterisation, dilation, sigma,
                    frequencies_cutoff, rings, basis_filter, initialize) -> None:
         bf, _, _, _ = compute_basis_params(kernel_size, frequencies_cutoff, rings, sigma, dilation, basis_filter)
-        self._setup(in_type, out_type, likelihood, L, L_out, self._build_kernel_basis,  # type: ignore
+        self._setup(in_type, out_type, likelihood, L, L_out, parameterisation, self._build_kernel_basis,  # type: ignore
                     self.basisexpansion.points, bf, initialize)  # type: ignore[attr-defined]
 
     def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -386,6 +391,8 @@ class ProbabilisticR2Conv(_ProbabilisticConv, R2Conv):
         likelihood: the :class:`~escnn_soft.GroupLikelihood` to use; pass the same object to several
             layers to share it. ``None`` creates one over ``in_type.fibergroup`` with ``L``, ``L_out``.
         L, L_out: band limits of a newly created likelihood.
+        parameterisation: of a newly created likelihood, ``"softmax"`` or ``"square"``
+            (:class:`~escnn_soft.GroupLikelihood`); ``None``: the likelihood's default, or the given one's.
         **r2conv_kwargs: ``padding``, ``stride``, ``dilation``, ``padding_mode``, ``bias``, ``sigma``,
             ``frequencies_cutoff``, ``rings``, ``basis_filter``, ``initialize`` as for R2Conv
             (``groups`` must be 1).
@@ -399,7 +406,7 @@ class ProbabilisticR2Conv(_ProbabilisticConv, R2Conv):
                  likelihood: GroupLikelihood | None = None, L: int = 2, L_out: int | None = None,
                  padding: int = 0, stride: int = 1, dilation: int = 1, padding_mode: str = "zeros",
                  groups: int = 1, bias: bool = True, sigma=None, frequencies_cutoff=None, rings=None,
-                 maximum_offset=None, basis_filter=None, initialize: bool = True):
+                 maximum_offset=None, basis_filter=None, initialize: bool = True, parameterisation: str | None = None):
         _check_types(in_type, out_type)
         _check_kernel_size(kernel_size)
         _check_groups(groups)
@@ -407,9 +414,9 @@ class ProbabilisticR2Conv(_ProbabilisticConv, R2Conv):
         if in_type.gspace.dimensionality != 2:
             raise ValueError(f"in_type: ProbabilisticR2Conv needs a 2D gspace, got {in_type.gspace}; "
                              f"use ProbabilisticR3Conv for 3D or ProbabilisticLinear for no base space")
-        self._construct(R2Conv, in_type, out_type, kernel_size, likelihood, L, L_out, initialize, padding=padding,
-                        stride=stride, dilation=dilation, padding_mode=padding_mode, groups=groups, bias=bias,
-                        sigma=sigma, frequencies_cutoff=frequencies_cutoff, rings=rings,
+        self._construct(R2Conv, in_type, out_type, kernel_size, likelihood, L, L_out, parameterisation, initialize,
+                        padding=padding, stride=stride, dilation=dilation, padding_mode=padding_mode, groups=groups,
+                        bias=bias, sigma=sigma, frequencies_cutoff=frequencies_cutoff, rings=rings,
                         maximum_offset=maximum_offset, basis_filter=basis_filter)
 
     def _strict_expansion(self):
@@ -423,7 +430,7 @@ class ProbabilisticR3Conv(_ProbabilisticConv, R3Conv):
                  likelihood: GroupLikelihood | None = None, L: int = 2, L_out: int | None = None,
                  padding: int = 0, stride: int = 1, dilation: int = 1, padding_mode: str = "zeros",
                  groups: int = 1, bias: bool = True, sigma=None, frequencies_cutoff=None, rings=None,
-                 basis_filter=None, initialize: bool = True):
+                 basis_filter=None, initialize: bool = True, parameterisation: str | None = None):
         _check_types(in_type, out_type)
         _check_kernel_size(kernel_size)
         _check_groups(groups)
@@ -431,19 +438,22 @@ class ProbabilisticR3Conv(_ProbabilisticConv, R3Conv):
         if in_type.gspace.dimensionality != 3:
             raise ValueError(f"in_type: ProbabilisticR3Conv needs a 3D gspace, got {in_type.gspace}; "
                              f"use ProbabilisticR2Conv for 2D")
-        self._construct(R3Conv, in_type, out_type, kernel_size, likelihood, L, L_out, initialize, padding=padding,
-                        stride=stride, dilation=dilation, padding_mode=padding_mode, groups=groups, bias=bias,
-                        sigma=sigma, frequencies_cutoff=frequencies_cutoff, rings=rings, basis_filter=basis_filter)
+        self._construct(R3Conv, in_type, out_type, kernel_size, likelihood, L, L_out, parameterisation, initialize,
+                        padding=padding, stride=stride, dilation=dilation, padding_mode=padding_mode, groups=groups,
+                        bias=bias, sigma=sigma, frequencies_cutoff=frequencies_cutoff, rings=rings,
+                        basis_filter=basis_filter)
 
     def _strict_expansion(self):
         return R3Conv.expand_parameters(self)
 
 
 class ProbabilisticLinear(_ProbabilisticFilter, EscnnLinear):
-    """:class:`escnn.nn.Linear` (fields with no base space) with a λ-weighted equivariance constraint."""
+    """:class:`escnn.nn.Linear` (fields with no base space) with a λ-weighted equivariance constraint
+    (arguments as :class:`ProbabilisticR2Conv`, without the kernel's)."""
 
     def __init__(self, in_type: FieldType, out_type: FieldType, likelihood: GroupLikelihood | None = None,
-                 L: int = 2, L_out: int | None = None, bias: bool = True, initialize: bool = True):
+                 L: int = 2, L_out: int | None = None, bias: bool = True, initialize: bool = True,
+                 parameterisation: str | None = None):
         _check_types(in_type, out_type)
         if in_type.gspace.dimensionality != 0:
             raise ValueError(f"in_type: ProbabilisticLinear needs field types on a no_base_space gspace "
@@ -455,7 +465,7 @@ class ProbabilisticLinear(_ProbabilisticFilter, EscnnLinear):
                              f"add output fields that share an irrep with the input fields")
         privatize_(self.basisexpansion)
         self._init_strict_weights(initialize)
-        self._setup(in_type, out_type, likelihood, L, L_out, self.space.build_fiber_intertwiner_basis,
+        self._setup(in_type, out_type, likelihood, L, L_out, parameterisation, self.space.build_fiber_intertwiner_basis,
                     np.zeros((1, 1)), None, initialize)
 
     def _strict_expansion(self):
