@@ -1,4 +1,4 @@
-"""Measuring equivariance: per-element errors, Lie derivatives, per-layer × per-subgroup reports."""
+"""Measuring equivariance: per-element errors, Lie derivatives, per-layer × per-subgroup reports, λ over training."""
 from escnn_soft.metrics.equivariance import (
     WrappedModule,
     equivariance_error,
@@ -7,12 +7,14 @@ from escnn_soft.metrics.equivariance import (
     relative_error,
     transform,
 )
+from escnn_soft.metrics.history import LikelihoodHistory
 from escnn_soft.metrics.lie import fibre_generator, lie_derivative, rotation_generator
 from escnn_soft.metrics.partition import as_labels, partition_distance
 from escnn_soft.metrics.report import MODEL_ROW, SubgroupReport, subgroup_elements, subgroup_report
 
 __all__ = [
     "MODEL_ROW",
+    "LikelihoodHistory",
     "SubgroupReport",
     "WrappedModule",
     "as_labels",
