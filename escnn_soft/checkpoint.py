@@ -9,7 +9,9 @@ A checkpoint is one ``torch.save`` of a dict that ``torch.load(path, weights_onl
 * ``history``: one dict of training statistics per finished epoch;
 * ``optimizer_by_name``: the optimiser state keyed by **parameter name** (:func:`optimizer_state_by_name`), so
   it restores onto the right tensors in a process whose parameters are listed in another order;
-* ``rng``: torch's CPU generator state.
+* ``rng``: torch's CPU generator state;
+* ``likelihood_history`` (probabilistic runs of ``escnn-soft train``): λ of every layer per epoch
+  (:meth:`escnn_soft.metrics.LikelihoodHistory.to_dict`), so a resumed run keeps plotting the whole run.
 
 Checkpoints written before the optimiser state was keyed by name hold ``optimizer`` (torch's positional
 state dict, whose order depended on the writing process's hash seed); their weights load as before, and
@@ -35,6 +37,8 @@ def model_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
                               "readout": meta.get("readout", "halves")}
     if meta["method"] == "probabilistic":
         kwargs["L"] = meta["L"]
+        # checkpoints from before the square parameterisation used the softmax one
+        kwargs["parameterisation"] = meta.get("parameterisation", "softmax")
     return kwargs
 
 
@@ -152,10 +156,10 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any], history: list[dict[str, float]],
-                    optimizer: torch.optim.Optimizer | None = None) -> None:
+                    optimizer: torch.optim.Optimizer | None = None, extra: dict[str, Any] | None = None) -> None:
     """State dict + metadata (method, group, widths, version, and the field types of every equivariant layer) +
     history (+ optimiser state keyed by parameter name, :func:`optimizer_state_by_name`, and RNG state for
-    ``--resume``), loadable with ``weights_only=True``.
+    ``--resume``) (+ ``extra`` entries, e.g. ``likelihood_history``), loadable with ``weights_only=True``.
 
     The state dict is the same in train and eval mode (escnn's eval-only expanded filters are left out). Written
     to a temporary file and renamed, so an interrupted run never leaves a truncated checkpoint."""
@@ -164,6 +168,10 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any], hi
                                "rng": torch.get_rng_state()}
     if optimizer is not None:
         payload["optimizer_by_name"] = optimizer_state_by_name(optimizer, model)
+    for key, value in (extra or {}).items():  # e.g. the likelihood history of the run
+        if key in payload:
+            raise ValueError(f"extra: key {key!r} is part of the checkpoint format; use another name")
+        payload[key] = value
     tmp = Path(str(path) + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)

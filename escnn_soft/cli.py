@@ -23,6 +23,7 @@ from escnn_soft import __version__
 from escnn_soft.checkpoint import load_checkpoint, model_kwargs, resume_state, save_checkpoint
 from escnn_soft.convert import SOFTEN_METHODS
 from escnn_soft.distributed import DistContext
+from escnn_soft.metrics.history import LikelihoodHistory
 from escnn_soft.models import GROUPS, METHODS, READOUTS, build_model, method_summary
 
 __all__ = ["load_checkpoint", "main", "save_checkpoint"]
@@ -44,8 +45,8 @@ def _device(name: str) -> torch.device:
 
 def _meta(args: argparse.Namespace, method: str) -> dict[str, Any]:
     return {"method": method, "group": args.group, "width": args.width, "max_frequency": args.max_frequency,
-            "readout": args.readout, "L": args.L, "symmetry": args.symmetry, "n_images": args.n_images,
-            "seed": args.seed, "version": __version__}
+            "readout": args.readout, "L": args.L, "parameterisation": args.parameterisation,
+            "symmetry": args.symmetry, "n_images": args.n_images, "seed": args.seed, "version": __version__}
 
 
 def _datasets(args: argparse.Namespace):
@@ -206,12 +207,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         history: list[dict[str, float]] = []
         ckpt_path = out / f"{method}.pt"
+        lik_history = LikelihoodHistory() if LikelihoodHistory.applies_to(model) else None
         if args.resume and ckpt_path.is_file():
             try:
                 history = resume_state(ckpt_path, model, optimizer, meta)
             except ValueError as e:
                 raise SystemExit(f"--resume: {e}") from e
+            saved = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("likelihood_history")
+            if lik_history is not None and saved is not None:
+                lik_history = LikelihoodHistory.from_dict(saved)
             say(f"{method:>14}: resuming after epoch {len(history)}")
+        if lik_history is not None and not lik_history.epochs:
+            lik_history.record(model, 0)  # the initial λ (uniform: the strict layer)
         net = _wrap(model, ctx)
         if args.marglik:
             history = _train_marglik(net, train, args, ctx, ckpt_path, meta)
@@ -221,10 +228,17 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 desc=f"{method} epoch {epoch + 1}/{args.epochs}", progress=ctx.is_main)
             history.append(stats)
             if ctx.is_main:
-                save_checkpoint(ckpt_path, model, {**meta, "epoch": epoch + 1}, history, optimizer)
+                extra = None
+                if lik_history is not None:
+                    lik_history.record(model, epoch + 1)
+                    extra = {"likelihood_history": lik_history.to_dict()}
+                save_checkpoint(ckpt_path, model, {**meta, "epoch": epoch + 1}, history, optimizer, extra)
         if ctx.is_main:
             results[method] = _evaluate_method(model, method, meta, history, test, args, out, methods[0] == method,
                                                degree_lines)
+            if lik_history is not None and len(lik_history.epochs) > 1:
+                lik_history.plot(str(out / f"{method}_likelihood_history.png"))
+                results[method]["likelihood_history"] = lik_history.to_dict()
         if ctx.world_size > 1:
             torch.distributed.barrier()  # the others wait while rank 0 evaluates and writes
     if not ctx.is_main:
@@ -352,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--readout", default="grid", choices=READOUTS,
                    help="pool the invariant maps over a 3x3 grid (default; the thesis's flattened map) or per half")
     t.add_argument("--L", type=int, default=2, help="band limit of the likelihoods (probabilistic)")
+    t.add_argument("--parameterisation", default="softmax", choices=("softmax", "square"),
+                   help="likelihood parameterisation (probabilistic): softmax on a grid (the paper's) or "
+                        "λ = f²/∫f², a density at every group element")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=5e-3)
     t.add_argument("--seed", type=int, default=0)

@@ -111,3 +111,16 @@ def test_checkpoint_without_readout_metadata_loads_as_per_half(tmp_path):
     x = torch.rand(2, 1, 56, 56)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x), model.eval()(x))
+
+
+def test_square_parameterisation_is_recorded_and_rebuilt_from_the_checkpoint(tmp_path):
+    assert main(["train", "--compare", "", "--n-images", "100", "--epochs", "1", "--width", "1", "--group", "C4",
+                 "--out", str(tmp_path), "--report-images", "0", "--parameterisation", "square"]) == 0
+    model, meta, _ = load_checkpoint(tmp_path / "probabilistic.pt")
+    assert meta["parameterisation"] == "square"
+    assert {m.likelihood.parameterisation for m in model.modules() if hasattr(m, "likelihood")} == {"square"}
+    results = json.loads((tmp_path / "results.json").read_text())
+    recorded = results["probabilistic"]["likelihood_history"]
+    assert recorded["epochs"] == [0, 1]
+    initial = [row[0] for layer in recorded["layers"].values() for row in layer["density"].values()]
+    assert all(abs(v - 1.0) < 1e-6 for values in initial for v in values)  # uniform λ before training

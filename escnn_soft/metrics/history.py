@@ -130,9 +130,10 @@ class LikelihoodHistory:
         with torch.no_grad():
             for name, layer in layers:
                 lik = layer.likelihood
-                if name not in self.layers:
+                if name not in self._elements:
                     sampling = _sampling(lik.group, self.n_angles, self.n_axes)
                     self._elements[name] = sampling["rows"]
+                if name not in self.layers:
                     self.layers[name] = {"group": lik.group.name, "parameterisation": lik.parameterisation,
                                          "x_label": sampling["x_label"], "x": sampling["x"],
                                          "density": {row: [] for row in sampling["rows"]}, "equivariant_fraction": {}}
@@ -146,10 +147,27 @@ class LikelihoodHistory:
         self.epochs.append(int(epoch))
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"epochs": [...], "layers": {name: {"group", "parameterisation", "x_label", "x",
-        "density": {row: [[λ per x] per epoch]}, "equivariant_fraction": {subgroup: [per epoch]}}}}``: plain
-        lists, floats and strings (JSON-able)."""
-        return {"epochs": list(self.epochs), "layers": copy.deepcopy(self.layers)}
+        """``{"epochs": [...], "n_angles", "n_axes", "layers": {name: {"group", "parameterisation", "x_label",
+        "x", "density": {row: [[λ per x] per epoch]}, "equivariant_fraction": {subgroup: [per epoch]}}}}``:
+        plain lists, floats and strings (JSON-able, and loadable from a checkpoint with ``weights_only=True``)."""
+        return {"epochs": list(self.epochs), "n_angles": self.n_angles, "n_axes": self.n_axes,
+                "layers": copy.deepcopy(self.layers)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], subgroups: dict[str, Any] | None = None) -> LikelihoodHistory:
+        """The history :meth:`to_dict` wrote (e.g. into a checkpoint), ready to record further epochs of the same
+        model (a resumed run)."""
+        if not isinstance(data, dict) or not {"epochs", "layers"} <= set(data):
+            raise ValueError("data: expected the dict LikelihoodHistory.to_dict() returns (keys 'epochs', 'layers')")
+        history = cls(int(data.get("n_angles", 72)), int(data.get("n_axes", 32)), subgroups)
+        history.epochs = [int(e) for e in data["epochs"]]
+        history.layers = copy.deepcopy(data["layers"])
+        return history
+
+    @staticmethod
+    def applies_to(model: torch.nn.Module) -> bool:
+        """Whether ``model`` has a probabilistic layer, i.e. anything to record."""
+        return bool(_probabilistic_layers(model))
 
     def plot(self, path: str | None = None) -> Any:
         """One figure for the run: per layer, λ over the group against the epoch as a heat map (one row per

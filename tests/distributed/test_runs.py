@@ -53,6 +53,11 @@ def test_resume_in_a_new_process_with_another_hash_seed_equals_an_uninterrupted_
     assert printed.count("resuming after epoch 1") == len(methods)
     train([*ALL_METHODS, "--epochs", "2", "--out", str(tmp_path / "straight")], 3)
     assert_same_run(tmp_path / "resumed", tmp_path / "straight", methods)
+    # λ over training: the resumed run's record starts at the initial λ, as the uninterrupted one
+    recorded = [torch.load(tmp_path / run / "probabilistic.pt", weights_only=True)["likelihood_history"]
+                for run in ("resumed", "straight")]
+    assert recorded[0] == recorded[1] and recorded[0]["epochs"] == [0, 1, 2]
+    assert (tmp_path / "resumed" / "probabilistic_likelihood_history.png").stat().st_size > 0
 
 
 def test_torchrun_two_ranks_trains_and_resumes(tmp_path):
