@@ -128,6 +128,19 @@ def test_distributed_laplace_evidence_equals_single_process(hessian, tmp_path):
     assert any(bool(g.abs().max() > 1e-6) for g in single["grads"][1:])  # the hyperparameters matter
 
 
+def test_marglik_training_under_ddp_equals_single_process(tmp_path):
+    """marglik_training on 2 ranks (DDP, evidence summed over ranks, hyperparameter gradients averaged) takes
+    the same weight and hyperparameter steps as one process on the same global batches (float64)."""
+    ranks = launch("marglik:-", tmp_path / "dist", [21, 22])
+    single = launch("marglik:-", tmp_path / "single", [23])[0]
+    for key in ("marglik", "prior_precision", "loss"):
+        torch.testing.assert_close(ranks[0][key], single[key], rtol=1e-7, atol=0, msg=key)
+    for k, v in single["state"].items():
+        assert torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]), k
+        torch.testing.assert_close(ranks[0]["state"][k], v, rtol=1e-7, atol=1e-10, msg=k)
+    assert float((single["prior_precision"] - 1.0).abs().max()) > 1e-3  # the evidence moved the precisions
+
+
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices (one per nccl rank)")
 
 

@@ -8,6 +8,7 @@ Tasks:
 * ``signature:<model>``: the order signature of a model (no process group);
 * ``ddp:<model>``: 3 Adam steps of DDP on this rank's half of a fixed batch (float64; the DoubleMNIST
   networks in float32);
+* ``marglik:-``: ``marglik_training`` of a softened escnn net under DDP (float64);
 * ``laplace:<hessian>``: the Laplace evidence of a softened escnn net on this rank's shard (float64),
   differentiable, with the gradients w.r.t. prior precisions and λ coefficients averaged over ranks.
 """
@@ -137,6 +138,25 @@ def laplace(hessian: str, ctx) -> dict:
     return {"value": value.detach().cpu(), "n_data": ev.n_data, "grads": [t.grad.detach().cpu() for t in hyper]}
 
 
+def marglik(_: str, ctx) -> dict:
+    """2 epochs of ``marglik_training`` (1 burn-in, then 2 evidence steps on λ and the prior precisions), DDP over
+    a ``DistributedSampler`` without shuffling: global batch i is the same 4 samples on 1 or 2 ranks."""
+    import escnn_soft as es
+
+    model = build("escnn-probabilistic").double().to(ctx.device)
+    torch.set_default_dtype(torch.float64)
+    x, y = (t.to(ctx.device) for t in data(8, 11, 3))
+    dataset = torch.utils.data.TensorDataset(x, y)
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4 // ctx.world_size, sampler=sampler)
+    net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world_size > 1 else model
+    _, hist = es.laplace.marglik_training(net, loader, n_epochs=2, n_epochs_burnin=1, marglik_frequency=1,
+                                         n_hypersteps=2, lr=1e-2, lr_hyp=1e-1, progress=False)
+    return {"state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "marglik": torch.tensor(hist["marglik"]), "prior_precision": torch.tensor(hist["prior_precision"]),
+            "loss": torch.tensor(hist["loss"])}
+
+
 def main() -> None:
     task, out = sys.argv[1], sys.argv[2]
     kind, arg = task.split(":")
@@ -148,7 +168,7 @@ def main() -> None:
         import escnn_soft as es
 
         ctx = es.distributed.init_from_env(os.environ.get("WORKER_DEVICE", "cpu"))
-        result = ddp(arg, ctx) if kind == "ddp" else laplace(arg, ctx)
+        result = {"ddp": ddp, "laplace": laplace, "marglik": marglik}[kind](arg, ctx)
         if world > 1:
             torch.distributed.destroy_process_group()
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
