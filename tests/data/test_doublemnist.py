@@ -1,4 +1,5 @@
-"""DoubleMNIST: shapes, determinism, labels, the symmetry actually applied, splits, sources, bad inputs."""
+"""DoubleMNIST: shapes, determinism, labels, the symmetry actually applied, splits, sources, bad inputs,
+re-drawn training epochs (deterministic per epoch, the same in DataLoader workers and on every rank)."""
 from __future__ import annotations
 
 import gzip
@@ -13,7 +14,7 @@ import pytest
 import torch
 from escnn import gspaces
 from escnn import nn as enn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from escnn_soft.data import DoubleMNIST, clear_cache, load_digits
 from escnn_soft.data.sources import IDX_FILES, read_idx
@@ -241,6 +242,162 @@ def test_idx_reader_rejects_corrupt_files(tmp_path):
     short.write_bytes(bytes([0, 0, 8, 1]) + np.array([10], dtype=">u4").tobytes() + b"\x00" * 3)
     with pytest.raises(ValueError, match="10 bytes of data"):
         read_idx(short)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# re-drawn epochs
+
+def test_redraw_is_on_for_train_off_for_evaluation_by_default():
+    assert DoubleMNIST("C4", "train", n_images=SMALL).redraw is True
+    assert DoubleMNIST("C4", "val", n_images=SMALL).redraw is False
+    assert DoubleMNIST("C4", "test", n_images=SMALL).redraw is False
+    assert DoubleMNIST("C4", "train", n_images=SMALL, redraw=False).redraw is False
+
+
+@pytest.mark.parametrize("kwargs, argument, fix", [
+    ({"split": "test", "redraw": True}, "redraw: True with split='test'", "redraw=False"),
+    ({"split": "val", "redraw": True}, "redraw: True with split='val'", "redraw=None"),
+    ({"split": "train", "redraw": "yes"}, "redraw: 'yes'", "True, False or None"),
+    ({"split": "train", "redraw": 1}, "redraw: 1", "True, False or None"),
+])
+def test_bad_redraw_raises_value_error_naming_it(kwargs, argument, fix):
+    with pytest.raises(ValueError) as info:
+        DoubleMNIST("C4", n_images=SMALL, **kwargs)
+    assert argument in str(info.value) and fix in str(info.value)
+
+
+@pytest.mark.parametrize("epoch", [-1, 1.5, True, "2"])
+def test_bad_epoch_raises_value_error_naming_it(epoch):
+    ds = DoubleMNIST("C4", "train", n_images=SMALL)
+    with pytest.raises(ValueError, match=r"epoch: .*non-negative int"):
+        ds.set_epoch(epoch)
+
+
+def test_redraw_false_is_the_dataset_of_before_redraw_existed():
+    """Fingerprints of the images and draws of ``seed=0``, measured on the dataset before ``redraw`` was added:
+    ``redraw=False`` (at any epoch) and epoch 0 of a re-drawn split reproduce them."""
+    weights = torch.linspace(-1, 1, 56 * 56, dtype=torch.float64).reshape(56, 56)
+    expected = {("C4", "train"): (81866.01237421349, -38.390588494817685, 1913.229926036184, 2535.318501737527),
+                ("SO2", "test"): (9919.223007951492, -3.071165102427735, 334.8810066102004, 308.74983119699476)}
+    for (symmetry, split), (total, weighted, transforms, artefacts) in expected.items():
+        fixed = DoubleMNIST(symmetry, split, n_images=SMALL, redraw=False)
+        fixed.set_epoch(7)
+        images = fixed.images.double()
+        assert images.sum().item() == pytest.approx(total, rel=1e-7)
+        assert (images * weights).sum().item() == pytest.approx(weighted, rel=1e-5)
+        # the draws come from numpy's generators: exact on every platform
+        assert fixed.transforms.sum().item() == transforms and fixed.artefact_angles.sum().item() == artefacts
+        fresh = DoubleMNIST(symmetry, split, n_images=SMALL)
+        assert torch.equal(fresh.images, DoubleMNIST(symmetry, split, n_images=SMALL, redraw=False).images)
+
+
+def test_epochs_redraw_the_elements_and_keep_the_digits_and_labels():
+    ds = DoubleMNIST("C4", "train", n_images=SMALL)
+    epochs = {}
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        assert ds.epoch == epoch
+        epochs[epoch] = (ds.images.clone(), ds.transforms.clone(), ds.artefact_angles.clone(),
+                         ds.labels.clone(), ds.source_indices.clone())
+    fixed = DoubleMNIST("C4", "train", n_images=SMALL, redraw=False)
+    assert torch.equal(epochs[0][0], fixed.images) and torch.equal(epochs[0][1], fixed.transforms)
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        (im_a, tr_a, th_a, lab_a, src_a), (im_b, tr_b, th_b, lab_b, src_b) = epochs[a], epochs[b]
+        assert torch.equal(lab_a, lab_b) and torch.equal(src_a, src_b)
+        # a fresh quarter turn per digit: 3 in 4 digits change their element
+        changed = (tr_a[..., 1] != tr_b[..., 1]).double().mean().item()
+        assert 0.65 < changed < 0.85, changed
+        assert (th_a != th_b).all()
+        assert (im_a - im_b).abs().amax(dim=(1, 2, 3)).min() > 0  # every image changes (θ at least)
+    for epoch in (1, 2):  # each epoch's elements are uniform quarter turns
+        quarters = epochs[epoch][1][..., 1] / (math.pi / 2)
+        assert torch.allclose(quarters, quarters.round(), atol=1e-12)
+        counts = torch.bincount(quarters.round().long().flatten(), minlength=4)
+        assert counts.min() > 160 and counts.max() < 240, counts  # 800 digits, 200 expected each
+
+
+@pytest.mark.parametrize("symmetry", ["C4", "D4"])
+def test_redrawn_images_are_the_recorded_escnn_transforms_of_the_same_epochs_c1_digits(symmetry):
+    """Within an epoch, θ is shared by every symmetry: the C4/D4 digit is escnn's transform of the C1 digit by the
+    element recorded for that epoch, so images and ``transforms`` agree after a re-draw too."""
+    c1, ds = DoubleMNIST("C1", "train", n_images=SMALL), DoubleMNIST(symmetry, "train", n_images=SMALL)
+    c1.set_epoch(4)
+    ds.set_epoch(4)
+    assert torch.equal(c1.artefact_angles, ds.artefact_angles) and c1.transforms.abs().max() == 0
+    elements = ds.transforms[:40].reshape(-1, 2)
+    expected = escnn_transform(halves(c1)[:40].reshape(-1, 28, 28), elements)
+    torch.testing.assert_close(halves(ds)[:40].reshape(-1, 28, 28).double(), expected, atol=1e-6, rtol=0)
+    assert set(ds.flips.flatten().tolist()) == ({False, True} if symmetry == "D4" else {False})
+
+
+def test_an_epoch_is_the_same_in_every_object_and_in_any_order():
+    first = DoubleMNIST("SO2", "train", n_images=SMALL, seed=2)
+    for epoch in (1, 2, 3):
+        first.set_epoch(epoch)
+        first.images  # noqa: B018 - render the intermediate epochs
+    clear_cache()
+    second = DoubleMNIST("SO2", "train", n_images=SMALL, seed=2)
+    second.set_epoch(3)
+    for name in ("images", "transforms", "artefact_angles", "labels", "source_indices"):
+        assert torch.equal(getattr(first, name), getattr(second, name)), name
+    again = first.images.clone()
+    first.set_epoch(1)
+    first.set_epoch(3)
+    assert torch.equal(first.images, again)
+    # continuous angles, fresh per epoch
+    first.set_epoch(4)
+    assert ((first.angles - second.angles).abs() > 1e-6).float().mean() > 0.99
+    other_seed = DoubleMNIST("SO2", "train", n_images=SMALL, seed=3)
+    other_seed.set_epoch(3)
+    assert not torch.equal(other_seed.transforms, second.transforms)
+
+
+def test_evaluation_splits_and_fixed_training_ignore_the_epoch():
+    for ds in (DoubleMNIST("O2", "test", n_images=SMALL), DoubleMNIST("O2", "val", n_images=SMALL),
+               DoubleMNIST("O2", "train", n_images=SMALL, redraw=False)):
+        before = (ds.images.clone(), ds.transforms.clone())
+        ds.set_epoch(5)
+        assert ds.epoch == 5
+        assert torch.equal(ds.images, before[0]) and torch.equal(ds.transforms, before[1])
+
+
+def _epoch_batches(ds: DoubleMNIST, loader: DataLoader, epochs) -> list[torch.Tensor]:
+    out = []
+    for epoch in epochs:
+        ds.set_epoch(epoch)
+        out.append(torch.cat([x for x, _ in loader]))
+    return out
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_dataloader_workers_serve_the_same_epochs_as_the_main_process(persistent):
+    """Workers are copies of the dataset made when the loader starts them (persistent ones: once); each
+    serves the epoch set last in the main process."""
+    ds = DoubleMNIST("C4", "train", n_images=SMALL)
+    reference = _epoch_batches(ds, DataLoader(ds, batch_size=64), (1, 2, 0))
+    workers = DataLoader(ds, batch_size=64, num_workers=2, persistent_workers=persistent)
+    served = _epoch_batches(ds, workers, (1, 2, 0))
+    assert not torch.equal(reference[0], reference[1])
+    for a, b in zip(reference, served):
+        assert torch.equal(a, b)
+
+
+def test_distributed_ranks_see_the_epoch_of_one_process():
+    """Two ranks (each with its own dataset object, as in two processes) under a DistributedSampler: each image
+    a rank receives is the one a single process holds at that index in that epoch."""
+    single = DoubleMNIST("SO2", "train", n_images=SMALL)
+    single.set_epoch(2)
+    seen = set()
+    for rank in range(2):
+        ds = DoubleMNIST("SO2", "train", n_images=SMALL)
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        sampler.set_epoch(2)
+        ds.set_epoch(2)
+        indices = list(sampler)
+        images = torch.cat([x for x, _ in DataLoader(ds, batch_size=50, sampler=sampler)])
+        assert torch.equal(images, single.images[indices])
+        seen.update(indices)
+    assert seen == set(range(len(single)))
 
 
 def test_torchvision_missing_says_so_and_suggests_other_sources(tmp_path, monkeypatch):
