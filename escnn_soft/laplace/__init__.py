@@ -7,8 +7,12 @@
 * :func:`marglik_training` — Immer et al. (2021) schedule: train the weights, and every few epochs fit
   the curvature and take Adam steps on the hyperparameters.
 """
-from escnn_soft.laplace.evidence import (LaplaceEvidence, likelihood_hyperparameters, register_module_type,
-                                         supported_module_types)
+from escnn_soft.laplace.evidence import (
+    LaplaceEvidence,
+    likelihood_hyperparameters,
+    register_module_type,
+    supported_module_types,
+)
 from escnn_soft.laplace.training import marglik_training
 
 __all__ = ["LaplaceEvidence", "likelihood_hyperparameters", "marglik_training", "register_module_type",

@@ -18,7 +18,7 @@ step (:meth:`LaplaceEvidence.fit` with ``differentiable=True``), on the whole tr
 includes them) makes every layer's likelihood coefficients hyperparameters: they get no prior and no curvature, the
 weight optimiser never sees them (the task loss does not move λ), and only the evidence's Adam steps change them,
 starting from the uniform λ of the strict layer. No alignment or KL regulariser is needed (the Occam factor
-:math:`-\tfrac12\log\det` of the curvature is what keeps λ symmetric); passing
+:math:`-\\tfrac12\\log\\det` of the curvature is what keeps λ symmetric); passing
 ``extra_loss=escnn_soft.regularization_loss`` is warned about, as those terms act on λ only and so never reach
 the weights' optimiser.
 
