@@ -282,7 +282,9 @@ class BlocksTerm(Term):
             g_f = torch.einsum("iaja->ij", g)
             g_a = torch.einsum("iaib->ab", g)
             tiny = torch.finfo(g_f.dtype).tiny
-            out_factor = _eigvals(g_f) * (scale / torch.trace(g_f).clamp_min(tiny))
+            # eigenvalues / trace (<= 1) first, then the data factor: for output fields that get no gradient at all
+            # (a dead gate) scale / tiny overflows to inf in float32 once scale > 4 (a subset fit), and 0 * inf = NaN
+            out_factor = (_eigvals(g_f) / torch.trace(g_f).clamp_min(tiny)) * scale
             union = _union_key(group)
             if union in s.A_g:  # one block over the group's inputs, pairs included (one pair: the same)
                 out.append([out_factor, _eigvals(_basis_gram(group, g_a, s.A_g[union] / s.n))])

@@ -201,3 +201,31 @@ def test_resume_equals_an_uninterrupted_run():
         marglik_training(_Pair(), _data(), resume=saved[2], **{**kw, "prior_structure": "scalar"})
     with pytest.raises(ValueError, match="outside 0..n_epochs"):
         marglik_training(_Pair(), _data(), resume=saved[2], **{**kw, "n_epochs": 1})
+
+
+class _DeadField(torch.nn.Module):
+    """conv -> tanh -> conv to (regular, irrep 1) whose irrep-1 field is multiplied by 0 (no gradient) -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.types = c4_types("mixed")
+        self.c1 = enn.R2Conv(self.types[0], self.types[1], 3, padding=1)
+        self.c2 = enn.R2Conv(self.types[1], self.types[2], 3, stride=2)
+        self.out = torch.nn.Linear(self.types[2].size * 9, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c2(enn.GeometricTensor(torch.tanh(self.c1(self.types[0](x)).tensor), self.types[1])).tensor
+        mask = torch.ones(y.shape[1], 1, 1)
+        mask[4:] = 0
+        return self.out(torch.tanh(y * mask).flatten(1))
+
+
+def test_fields_without_gradient_on_a_subset_fit_give_a_finite_evidence():
+    """A field that gets no gradient (a dead gate of the DoubleMNIST network after a few epochs) has a zero output
+    factor; on a subset fit (``n_data`` > 4 x the fitted samples) its normalisation once overflowed to inf and the
+    curvature became NaN (0 * inf). Its curvature is 0 and the evidence finite."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    data = loader(torch.randn(12, 2, 7, 7, generator=g), torch.randint(0, 3, (12,), generator=g), 6)
+    ev = LaplaceEvidence(_DeadField()).fit(data, n_data=1000)
+    assert bool(torch.isfinite(ev.log_marginal_likelihood()))
