@@ -229,3 +229,16 @@ def test_fields_without_gradient_on_a_subset_fit_give_a_finite_evidence():
     data = loader(torch.randn(12, 2, 7, 7, generator=g), torch.randint(0, 3, (12,), generator=g), 6)
     ev = LaplaceEvidence(_DeadField()).fit(data, n_data=1000)
     assert bool(torch.isfinite(ev.log_marginal_likelihood()))
+
+
+def test_docs_recipe_runs(capsys):
+    """The "λ by the evidence" example of docs/laplace.md runs and prints the fractions of the 6 probabilistic layers."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "laplace.md").read_text()
+    section = text.split("## λ by the evidence", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
+    exec(compile(block, "docs/laplace.md:λ by the evidence", "exec"), {"__name__": "__doc_example__"})  # noqa: S102
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 6 and all("'SO2':" in line for line in printed), printed
