@@ -510,30 +510,56 @@ class GroupLikelihood(torch.nn.Module):
         return values[:-1].max() - values[-1]
 
     # ------------------------------------------------------------------ readout
-    def invariance(self, subgroup_id: Any) -> torch.Tensor:
-        """How left-invariant λ is under a subgroup ``S``: 1 means exactly (the layer is S-equivariant).
+    def invariant_fraction(self, subgroup_id: Any) -> torch.Tensor:
+        """The share of λ that is left-invariant under a subgroup ``S``: 1 means exactly invariant (and every
+        layer using λ exactly ``S``-equivariant), uniform λ gives 1 for every ``S``.
 
-        :math:`1 - \\lVert \\lambda - P_S\\lambda\\rVert^2 / \\lVert \\lambda - 1\\rVert^2`, with
-        :math:`P_S` the average over left translations by ``S`` (in Fourier space
-        :math:`\\hat\\Lambda(\\psi) \\mapsto \\Pi^\\psi_S \\hat\\Lambda(\\psi)`, :math:`\\Pi^\\psi_S` the
-        projector onto the ``S``-invariant vectors of ``psi``) and norms by Parseval,
-        :math:`\\lVert\\lambda\\rVert^2 = \\sum_\\psi \\tfrac{d_\\psi}{c_\\psi}\\lVert\\hat\\Lambda(\\psi)\\rVert_F^2`.
-        Uniform λ gives 1.
+        :math:`1 - \\lVert \\lambda - P_S\\lambda\\rVert / \\lVert \\lambda\\rVert`, with :math:`P_S` the
+        average over left translations by ``S`` (in Fourier space :math:`\\hat\\Lambda(\\psi) \\mapsto
+        \\Pi^\\psi_S \\hat\\Lambda(\\psi)`, :math:`\\Pi^\\psi_S` the projector onto the ``S``-invariant vectors
+        of ``psi``) and :math:`L^2` norms over the normalised Haar measure by Parseval,
+        :math:`\\lVert\\lambda\\rVert^2 = \\sum_\\psi \\tfrac{d_\\psi}{c_\\psi}\\lVert\\hat\\Lambda(\\psi)\\rVert_F^2
+        \\ge 1` (the trivial coefficient is 1). ``subgroup_id=None`` is the whole group (:math:`P\\lambda = 1`).
+        It is the likelihood's counterpart of a layer's ``equivariant_fraction`` (the same formula on the
+        filter, which is linear in λ); read the layer's, which also sees which irreps the layer uses.
         """
         coeffs = self.fourier_coefficients()
-        num = self.coefficients.new_zeros(())
-        den = self.coefficients.new_zeros(())
+        broken = self.coefficients.new_zeros(())
+        total = self.coefficients.new_zeros(())
         for irrep, _, _ in self._out_slices:
+            lam = coeffs[irrep.id]
+            w = _endomorphism_scale(irrep)
+            total = total + w * lam.pow(2).sum()
             if irrep.is_trivial():
                 continue
-            lam = coeffs[irrep.id]
             proj = torch.tensor(self._invariant_projector(subgroup_id, irrep), dtype=lam.dtype, device=lam.device)
-            w = _endomorphism_scale(irrep)
-            num = num + w * (lam - proj @ lam).pow(2).sum()
-            den = den + w * lam.pow(2).sum()
-        if float(den) <= 1e-20:
-            return torch.ones_like(den)
-        return 1.0 - num / den
+            broken = broken + w * (lam - proj @ lam).pow(2).sum()
+        return 1.0 - (broken / total.clamp_min(1e-30)).sqrt()
+
+    def invariance(self, subgroup_id: Any) -> torch.Tensor:
+        """Removed: use :meth:`invariant_fraction` (or a layer's ``degree()['subgroups'][name]['equivariant_fraction']``)."""
+        raise AttributeError("GroupLikelihood.invariance was removed (it was a shape statistic of λ relative to its "
+                             "deviation from uniform, unstable near uniform λ); use "
+                             "likelihood.invariant_fraction(subgroup_id), or the layer's degree()['subgroups'][name]"
+                             "['equivariant_fraction']; see docs/migrating.md")
+
+    def mass(self, subgroup_id: Any) -> float:
+        """Finite groups: the probability :math:`\\sum_{s \\in S} \\lambda(s) / \\sum_h \\lambda(h)` that λ puts on
+        the subgroup ``S`` itself. Where λ sits, not how equivariant a layer is (uniform λ on D4 puts 1/4 on C2
+        and is D4-equivariant); 1 after :meth:`concentrate_on_` ``(S)`` with every irrep in f.
+        """
+        if self.group.order() <= 0:
+            raise ValueError(f"mass: needs a finite group, this likelihood's group is {self.group.name}; read "
+                             f"invariant_fraction(subgroup_id) instead")
+        try:
+            _, _, child = subgroup(self.group, subgroup_id)
+        except Exception as err:  # escnn raises assorted errors for bad ids
+            raise ValueError(f"subgroup_id={subgroup_id!r} is not a subgroup id of {self.group} ({err}); "
+                             f"see escnn's {type(self.group).__name__}.subgroup for valid ids") from err
+        with torch.no_grad():
+            density = self.grid_density()
+            member = torch.tensor([child(g) is not None for g in self.grid], device=density.device)
+            return float(density[member].sum() / density.sum())
 
     def _invariant_projector(self, subgroup_id: Any, irrep: IrreducibleRepresentation) -> np.ndarray:
         if subgroup_id is None:
@@ -558,25 +584,22 @@ class GroupLikelihood(torch.nn.Module):
         return -self.kl(None)
 
     def degree(self, subgroups: dict[str, Any] | None = None) -> dict[str, Any]:
-        """What λ says about equivariance: per subgroup its invariance (1 = the layer is exactly
-        equivariant to it) and, for finite groups, the mass of λ on it; plus the entropy.
+        """What λ says about equivariance: per subgroup its :meth:`invariant_fraction` (1 = every layer using λ
+        is exactly equivariant to it), plus λ's entropy.
 
-        ``subgroups`` maps names to escnn subgroup ids (default: :func:`default_subgroups`).
+        ``{"group", "entropy", "subgroups": {name: {"invariant_fraction"}}}``; ``subgroups`` maps names to
+        escnn subgroup ids (default: :func:`default_subgroups`). A probabilistic layer's own ``degree()``
+        reports the ``equivariant_fraction`` of its filter instead.
         """
         subgroups = default_subgroups(self.group) if subgroups is None else subgroups
         with torch.no_grad():
             out: dict[str, Any] = {"group": self.group.name, "entropy": float(self.entropy()), "subgroups": {}}
-            grid_density = self.grid_density()
             for name, sid in subgroups.items():
                 try:
-                    entry = {"invariance": float(self.invariance(sid))}
+                    value = float(self.invariant_fraction(sid))
                 except ValueError as err:
                     raise ValueError(f"subgroups: entry {name!r}: {err}") from None
-                if self.group.order() > 0:
-                    _, _, child = subgroup(self.group, sid)
-                    member = torch.tensor([child(g) is not None for g in self.grid], device=grid_density.device)
-                    entry["mass"] = float(grid_density[member].sum() / grid_density.sum())
-                out["subgroups"][name] = entry
+                out["subgroups"][name] = {"invariant_fraction": value}
         return out
 
     # -------------------------------------------------------------- utilities

@@ -101,7 +101,7 @@ CASES = [
     pytest.param(lambda: c4_lik().density([egroup.dihedral_group(4).identity]), V, "elements", r"\(\+, 0\[2pi/4\]\)",
                  id="likelihood-density-foreign-element"),
     pytest.param(lambda: c4_lik().kl("uniform"), T, "other", "'uniform'", id="likelihood-kl-other-is-a-string"),
-    pytest.param(lambda: c4_lik().invariance(3), V, "subgroup_id", "3", id="likelihood-invariance-bad-subgroup"),
+    pytest.param(lambda: c4_lik().invariant_fraction(3), V, "subgroup_id", "3", id="likelihood-invariant-fraction-bad-subgroup"),
     pytest.param(lambda: c4_lik().degree({"C3": 3}), V, "subgroups", "'C3'", id="likelihood-degree-bad-subgroup"),
     pytest.param(lambda: c4_lik().fit_density_(torch.ones(5)), V, "values", r"\(5,\)",
                  id="likelihood-fit_density-wrong-shape"),

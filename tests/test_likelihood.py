@@ -96,10 +96,55 @@ def test_fit_density_is_exact_on_finite_groups_and_degree_reads_it():
     np.testing.assert_allclose(lik.density().detach().numpy(), (target * len(target) / target.sum()).numpy(),
                                atol=1e-12)
     deg = lik.degree()
-    assert deg["subgroups"]["flips"]["invariance"] == pytest.approx(1.0, abs=1e-10)
-    assert deg["subgroups"]["flips"]["mass"] == pytest.approx(1.0, abs=1e-12)
-    assert deg["subgroups"]["C4"]["invariance"] < 0.9
-    assert deg["subgroups"]["D4"]["invariance"] == pytest.approx(0.0, abs=1e-10)
+    assert deg["subgroups"]["flips"]["invariant_fraction"] == pytest.approx(1.0, abs=1e-10)
+    assert lik.mass((0, 1)) == pytest.approx(1.0, abs=1e-12)
+    assert deg["subgroups"]["C4"]["invariant_fraction"] < 0.9
+    # λ = 4 on {e, flip}: ||λ|| = 2, its G-average is 1, ||λ - 1|| = sqrt(3), so 1 - sqrt(3)/2
+    assert deg["subgroups"]["D4"]["invariant_fraction"] == pytest.approx(1 - 3 ** 0.5 / 2, abs=1e-10)
+    assert set(deg["subgroups"]["flips"]) == {"invariant_fraction"}  # one measure per subgroup
+
+
+def _left_average(lik, sid):
+    """Brute force on a finite group's grid: (P_S λ)(h) = mean over s in S of λ(s h)."""
+    density = lik.grid_density().detach()
+    index = {str(g): i for i, g in enumerate(lik.grid)}
+    _, _, child = lik.group.subgroup(sid)
+    members = [g for g in lik.grid if child(g) is not None]
+    return torch.stack([torch.stack([density[index[str(s @ h)]] for s in members]).mean() for h in lik.grid])
+
+
+def test_invariant_fraction_is_one_minus_the_relative_norm_of_the_s_breaking_part():
+    """1 - ||λ - P_S λ|| / ||λ|| (L2 over the normalised Haar measure), checked by brute force on D4 (L = 10
+    holds every irrep, so the grid sum is the Haar integral) for a random λ and every default subgroup."""
+    G = group.dihedral_group(4)
+    torch.manual_seed(0)
+    lik = GroupLikelihood(G, L=10)
+    lik.coefficients.data.normal_()
+    density = lik.grid_density().detach()
+    for name, entry in lik.degree()["subgroups"].items():
+        sub_id = {"flips": (0, 1), "C2": (None, 2), "D2": (0, 2), "C4": (None, 4), "D4": None}[name]
+        averaged = _left_average(lik, sub_id) if sub_id is not None else torch.ones_like(density)
+        expected = 1 - ((density - averaged).pow(2).mean() / density.pow(2).mean()).sqrt()
+        assert float(lik.invariant_fraction(sub_id).detach()) == pytest.approx(float(expected), abs=1e-10), name
+        assert entry["invariant_fraction"] == pytest.approx(float(expected), abs=1e-10), name
+        assert 0.0 < entry["invariant_fraction"] < 1.0, name
+
+
+def test_invariant_fraction_of_an_almost_uniform_likelihood_is_almost_one_on_every_subgroup():
+    """The removed ``invariance`` divided by ||λ - 1|| and read 0.0 for C4, 0.54 for C2 on a λ 1e-3 away from
+    uniform; a layer using such λ is equivariant to within 1e-3 on every subgroup, and the readout says so."""
+    G = group.dihedral_group(4)
+    torch.manual_seed(0)
+    lik = GroupLikelihood(G, L=10)
+    lik.coefficients.data.normal_(std=1e-3)
+    distance = float((lik.grid_density() - 1).pow(2).mean().sqrt())
+    assert 0 < distance < 1e-2
+    for name, entry in lik.degree()["subgroups"].items():
+        assert 1 - distance - 1e-12 <= entry["invariant_fraction"] <= 1.0, name
+    with pytest.raises(AttributeError, match="invariant_fraction"):
+        lik.invariance((None, 4))
+    with pytest.raises(ValueError, match="mass: needs a finite group"):
+        GroupLikelihood(group.so2_group(), L=2).mass((None, 4))
 
 
 def test_band_limit_is_capped_for_finite_groups():

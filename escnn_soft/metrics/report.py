@@ -8,7 +8,19 @@ and every subgroup :math:`H` of interest, represented by a finite set :math:`T_H
     \\mathbb{E}_b \\frac{\\lVert h\\cdot f_l(x_{l,b}) - f_l(h\\cdot x_{l,b})\\rVert}{\\lVert f_l(x_{l,b})\\rVert},
 
 where :math:`x_l` is the input layer :math:`l` received during one forward pass of the model on ``x``.
-The model itself is one more row, on ``x``.
+
+The model itself is one more row, on ``x``, when what its output should do is known
+(``SubgroupReport.model_row``):
+
+* ``"equivariance"``: the model returns a :class:`GeometricTensor`; ``h`` acts on it by escnn's action of its
+  field type. An equivariant model reads 0 on exact subgroups and about the reference on the others.
+* ``"invariance"``: the model returns a plain tensor taken to be invariant (:math:`h\\cdot y = y`), either because
+  ``model_output="invariant"`` says so, or (``"auto"``) because the last escnn layer of the forward pass returns
+  trivial fields on a single pixel, from which a plain head (flatten, linear) can only compute invariants. An
+  invariant model reads 0 / about the reference.
+* left out (``None``, with a note): a plain tensor otherwise, e.g. a read-out that flattens a grid of invariant
+  maps and so keeps the orientation on purpose. Its "invariance error" would be of order 1 by design and says
+  nothing about broken equivariance; the layers' rows do. Pass ``model_output="invariant"`` to measure it anyway.
 
 A subgroup is *exact* when all of its test elements map the pixel grid onto itself
 (:func:`~escnn_soft.metrics.is_grid_exact`): then :math:`\\varepsilon` is zero up to rounding for a strict
@@ -41,10 +53,13 @@ from escnn.nn import EquivariantModule, GeometricTensor, SequentialModule
 from escnn_soft.metrics.equivariance import is_grid_exact, relative_error, transform
 from escnn_soft.subgroups import default_subgroups, subgroup
 
-__all__ = ["MODEL_ROW", "SubgroupReport", "subgroup_elements", "subgroup_report"]
+__all__ = ["MODEL_OUTPUTS", "MODEL_ROW", "SubgroupReport", "subgroup_elements", "subgroup_report"]
 
 MODEL_ROW = "(model)"
 """Name of the row holding the whole model's error."""
+
+MODEL_OUTPUTS = ("auto", "invariant", "omit")
+"""Values of ``subgroup_report(model_output=...)``: what the model row measures (module docstring)."""
 
 _N_ROTATIONS = 16  # test rotations of a continuous planar subgroup: multiples of 22.5 degrees
 _N_RANDOM_3D = 8   # random test rotations of a continuous 3D subgroup, besides the octahedral grid
@@ -118,6 +133,8 @@ class SubgroupReport:
     ``error[row][col]`` is :math:`\\varepsilon`; ``reference[row][col]`` the reference error of a
     strict layer for inexact subgroups (``None`` for exact ones, or when a ``reference`` model has no
     such layer); ``exact[col]`` whether all test elements of the subgroup are grid-exact.
+    ``model_row`` is what the :data:`MODEL_ROW` row measures: ``"equivariance"`` (output fields),
+    ``"invariance"`` (a plain output taken as invariant) or ``None`` when the row is left out (module docstring).
     """
 
     group: str
@@ -130,6 +147,7 @@ class SubgroupReport:
     reference: dict[str, dict[str, float | None]]
     reference_kind: str = "roundtrip"
     notes: list[str] = field(default_factory=list)
+    model_row: str | None = "equivariance"
 
     def table(self, digits: int = 4) -> str:
         """Plain-text table; inexact columns are starred and show ``error (reference)``."""
@@ -150,6 +168,8 @@ class SubgroupReport:
             what = ("the strict reference model's error" if self.reference_kind == "model"
                     else "round-trip interpolation floor of the layer output")
             lines.append(f"* interpolated elements: error (reference = {what})")
+        if self.model_row is not None:
+            lines.append(f"{MODEL_ROW}: {_MODEL_ROW_MEANING[self.model_row]}")
         return "\n".join(lines + self.notes)
 
     def __str__(self) -> str:
@@ -160,6 +180,7 @@ class SubgroupReport:
         out = {
             "group": self.group,
             "reference_kind": self.reference_kind,
+            "model_row": self.model_row,
             "subgroups": [{"name": c, "exact": self.exact[c], "elements": self.elements[c]}
                           for c in self.subgroups],
             "rows": [{"name": r, "type": self.layer_types[r],
@@ -207,6 +228,14 @@ class SubgroupReport:
         return fig
 
 
+_MODEL_ROW_MEANING = {
+    "equivariance": "the model's output fields, acted on by escnn (an equivariant model reads 0, or about the "
+                    "reference)",
+    "invariance": "the model's plain output, taken as invariant (an invariant model reads 0, or about the "
+                  "reference)",
+}
+
+
 def _layers(model: torch.nn.Module, gspace: GSpace) -> list[tuple[str, EquivariantModule]]:
     """Every escnn module below ``model`` acting on ``gspace`` (containers ``SequentialModule`` excluded)."""
     return [(name, m) for name, m in model.named_modules()
@@ -247,16 +276,32 @@ def _record(model: Callable, layers: list[tuple[str, EquivariantModule]], x: Geo
     return y, seen
 
 
-def _model_output_action(y: Any, group: Group) -> Callable[[Any, GroupElement], torch.Tensor]:
-    """How an element acts on the model's output: escnn's action, or none for plain (invariant) tensors."""
+def _model_row_kind(y: Any, group: Group, seen: dict[str, tuple[GeometricTensor, GeometricTensor]],
+                    model_output: str) -> str | None:
+    """What the model row measures for the output ``y`` (module docstring); ``None``: leave the row out."""
     if isinstance(y, GeometricTensor):
         if y.type.gspace.fibergroup != group:
             raise ValueError(f"model: returns fields of {y.type.gspace.fibergroup.name}, not of {group.name}; "
                              "return fields of the input's group, or a plain tensor for invariant outputs")
+        if model_output == "invariant":
+            raise ValueError(f"model_output='invariant': the model returns a GeometricTensor of {y.type}, which "
+                             "escnn knows how to transform; use model_output='auto' (its equivariance is measured)")
+        return None if model_output == "omit" else "equivariance"
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"model: returns {type(y).__name__}; expected a GeometricTensor or a torch.Tensor")  # noqa: TRY004
+    if model_output != "auto":
+        return "invariance" if model_output == "invariant" else None
+    last = list(seen.values())[-1][1] if seen else None
+    pointwise_invariant = (last is not None and all(r.is_trivial() for r in last.type.representations)
+                           and all(n == 1 for n in last.tensor.shape[2:]))
+    return "invariance" if pointwise_invariant else None
+
+
+def _model_output_action(kind: str) -> Callable[[Any, GroupElement], torch.Tensor]:
+    """How an element acts on the model's output: escnn's action, or none for invariant plain tensors."""
+    if kind == "equivariance":
         return lambda out, g: transform(out, g).tensor
-    if isinstance(y, torch.Tensor):
-        return lambda out, g: out
-    raise ValueError(f"model: returns {type(y).__name__}; expected a GeometricTensor or a torch.Tensor")
+    return lambda out, g: out
 
 
 def _tensor(y: Any) -> torch.Tensor:
@@ -278,21 +323,23 @@ class _Unique:
 
 
 def _errors(model: Callable, layers: list[tuple[str, EquivariantModule]], x: GeometricTensor,
-            elements: Sequence[GroupElement], exact: Sequence[bool], floor: bool
-            ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, str]]:
-    """Per row, the error of each element and, when ``floor``, its round-trip interpolation floor.
+            elements: Sequence[GroupElement], exact: Sequence[bool], floor: bool, model_output: str
+            ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, str], str | None]:
+    """Per row, the error of each element and, when ``floor``, its round-trip interpolation floor; and what
+    the model row measures (``None``: left out).
 
     The floor is taken on the row's output, or on its input when the output is a plain (invariant)
     tensor, which interpolation does not touch; it is 0 for grid-exact elements.
     """
     group = x.type.gspace.fibergroup
     y, seen = _record(model, layers, x)
-    act = _model_output_action(y, group)
+    kind = _model_row_kind(y, group, seen, model_output)
     rows: dict[str, tuple[Callable, GeometricTensor, Any, Callable]] = {}
     for name, layer in layers:
         if name in seen:
             rows[name] = (layer, seen[name][0], seen[name][1], lambda o, g: transform(o, g).tensor)
-    rows[MODEL_ROW] = (model, x, y, act)
+    if kind is not None:
+        rows[MODEL_ROW] = (model, x, y, _model_output_action(kind))
     errors: dict[str, list[float]] = {}
     floors: dict[str, list[float]] = {}
     types: dict[str, str] = {}
@@ -305,18 +352,18 @@ def _errors(model: Callable, layers: list[tuple[str, EquivariantModule]], x: Geo
                 z = out if isinstance(out, GeometricTensor) else inp
                 floors[name] = [0.0 if ex else relative_error(transform(transform(z, g), ~g).tensor, z.tensor, z.tensor)
                                 for g, ex in zip(elements, exact)]
-    return errors, floors, types
+    return errors, floors, types, kind
 
 
 def subgroup_report(model: Callable, x: GeometricTensor,
                     subgroups: None | Sequence[Any] | Mapping[str, Any] = None,
-                    reference: Callable | None = None) -> SubgroupReport:
+                    reference: Callable | None = None, model_output: str = "auto") -> SubgroupReport:
     """Equivariance error of every layer of ``model`` and of the model, per subgroup of interest.
 
     Args:
         model: a callable on :class:`GeometricTensor` of ``x.type`` (usually an escnn
             ``EquivariantModule``); its output is a :class:`GeometricTensor` of the same group or a plain
-            tensor, taken as invariant. Layers are all escnn ``EquivariantModule`` s inside it (except
+            tensor (see ``model_output``). Layers are all escnn ``EquivariantModule`` s inside it (except
             ``SequentialModule`` containers) whose input and output types live on ``x``'s gspace,
             measured on the input they receive at their first call. Evaluated in eval mode (restored
             after) and without gradients; use float64 for exact results.
@@ -327,6 +374,10 @@ def subgroup_report(model: Callable, x: GeometricTensor,
         reference: optional strict model with the same module names (e.g. the escnn model a soft model
             was made from): its errors on ``x`` are the reference of inexact subgroups. Default: the
             round-trip interpolation floor (module docstring).
+        model_output: what the model row measures. ``"auto"``: the equivariance of output fields; for a plain
+            tensor its invariance when the last escnn layer returns trivial fields on one pixel, else the row
+            is left out (a grid read-out keeps the orientation by design). ``"invariant"``: a plain output is
+            invariant, measure it. ``"omit"``: no model row.
 
     Returns:
         a :class:`SubgroupReport`.
@@ -344,6 +395,9 @@ def subgroup_report(model: Callable, x: GeometricTensor,
     if reference is not None and not callable(reference):
         raise TypeError(f"reference: {reference!r} is not callable; pass the strict model (a torch module taking "
                         "GeometricTensors) or None")
+    if model_output not in MODEL_OUTPUTS:
+        raise ValueError(f"model_output: expected one of {MODEL_OUTPUTS}, got {model_output!r}; 'invariant' for "
+                         "a model returning plain invariant tensors (e.g. logits after group pooling)")
     gspace = x.type.gspace
     group = gspace.fibergroup
     columns = _resolve(group, subgroups)
@@ -352,21 +406,26 @@ def subgroup_report(model: Callable, x: GeometricTensor,
     elements = unique.elements
     exact_el = [is_grid_exact(gspace, g) for g in elements]
 
-    def measure(m: Callable, floor: bool):
+    def measure(m: Callable, floor: bool, output: str):
         modules = list(m.modules()) if isinstance(m, torch.nn.Module) else []
         modes = [mod.training for mod in modules]
         for mod in modules:
             mod.train(False)
         try:
             layers = _layers(m, gspace) if isinstance(m, torch.nn.Module) else []
-            return _errors(m, layers, x, elements, exact_el, floor)
+            return _errors(m, layers, x, elements, exact_el, floor, output)
         finally:
             for mod, mode in zip(modules, modes):
                 mod.train(mode)
 
-    errors, floors, types = measure(model, floor=reference is None)
-    if reference is not None:
-        ref_errors = measure(reference, floor=False)[0]
+    errors, floors, types, kind = measure(model, floor=reference is None, output=model_output)
+    if not errors:
+        raise ValueError(f"model: no escnn layer on {gspace} found inside it and its plain output is not known to "
+                         "be invariant, so there is nothing to report; pass model_output='invariant' if the model "
+                         "is meant to be invariant")
+    if reference is not None:  # the reference's model row measures what the model's does
+        ref_output = {"equivariance": "auto", "invariance": "invariant", None: "omit"}[kind]
+        ref_errors = measure(reference, floor=False, output=ref_output)[0]
         floors = {row: [0.0 if ex else e for e, ex in zip(ref_errors[row], exact_el)]
                   for row in errors if row in ref_errors}
     rows = list(errors)
@@ -376,12 +435,16 @@ def subgroup_report(model: Callable, x: GeometricTensor,
         return float(np.mean([values[i] for i in idx]))
 
     notes = []
-    if len(rows) == 1:
+    if rows == [MODEL_ROW]:
         notes.append(f"note: no escnn layer on {gspace} found inside the model; only the model row is shown")
+    if kind is None and model_output == "auto":
+        notes.append(f"note: no {MODEL_ROW} row: the model returns a plain tensor that is not known to be invariant "
+                     "(e.g. a grid read-out, which keeps the orientation by design); pass model_output='invariant' "
+                     "to measure its invariance")
     return SubgroupReport(
         group=group.name, subgroups=[n for n, _ in columns], exact=exact,
         elements={n: [str(g) for g in els] for n, els in columns}, layers=rows, layer_types=types,
         error={r: {n: mean(errors[r], idx) for n, idx in index.items()} for r in rows},
         reference={r: {n: (None if exact[n] or r not in floors else mean(floors[r], idx))
                        for n, idx in index.items()} for r in rows},
-        reference_kind="model" if reference is not None else "roundtrip", notes=notes)
+        reference_kind="model" if reference is not None else "roundtrip", notes=notes, model_row=kind)

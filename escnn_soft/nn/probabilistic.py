@@ -279,27 +279,37 @@ class _ProbabilisticFilter(SoftModule):
         return super()._apply(fn, recurse)  # type: ignore[misc]
 
     def degree(self, subgroups: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``likelihood.degree(subgroups)`` (per subgroup the invariance of λ's shape and, for finite groups,
-        its mass; the entropy) plus what the filter kept:
+        """What the layer kept: ``{"group", "entropy", "nonequivariant_fraction", "subgroups": {name:
+        {"equivariant_fraction"}}}``, one measure per subgroup, read off the filter.
 
-        * ``nonequivariant_fraction`` = :math:`\\lVert k_\\lambda - k_{strict}\\rVert / \\lVert k_\\lambda\\rVert`,
-          the share of the filter that the non-trivial pathways contribute;
-        * per subgroup ``S``, ``equivariant_fraction`` =
+        * per subgroup ``S`` (``subgroups`` maps names to escnn ids; default
+          :func:`~escnn_soft.subgroups.default_subgroups`), ``equivariant_fraction`` =
           :math:`1 - \\lVert k_{\\lambda - P_S\\lambda}\\rVert / \\lVert k_\\lambda\\rVert`: the filter is linear in
           λ, :math:`k_{P_S\\lambda}` (λ averaged over left translations by ``S``, i.e.
           :math:`\\hat\\Lambda(\\psi) \\mapsto \\Pi^\\psi_S\\hat\\Lambda(\\psi)`) is exactly ``S``-equivariant, and
           :math:`k_{\\lambda - P_S\\lambda}` is the part of the filter that breaks ``S``. 1 means exactly
-          ``S``-equivariant; for the whole group it is ``1 - nonequivariant_fraction``.
+          ``S``-equivariant; for the whole group it is ``1 - nonequivariant_fraction``;
+        * ``nonequivariant_fraction`` = :math:`\\lVert k_\\lambda - k_{strict}\\rVert / \\lVert k_\\lambda\\rVert`,
+          the share of the filter that the non-trivial pathways contribute;
+        * ``entropy``: λ's entropy relative to Haar (0 = uniform).
+
+        λ's own statistics are on the likelihood: ``layer.likelihood.degree()`` (its ``invariant_fraction``,
+        blind to which irreps the layer uses) and ``layer.likelihood.mass(S)`` (where λ sits, finite groups).
         """
+        named = default_subgroups(self.likelihood.group) if subgroups is None else subgroups
         with torch.no_grad():
-            out = self.likelihood.degree(subgroups)
+            out: dict[str, Any] = {"group": self.likelihood.group.name, "entropy": float(self.likelihood.entropy())}
             full, _ = self.expand_parameters()
             strict, _ = self._strict_expansion()
             norm = full.norm().clamp_min(1e-30)
             out["nonequivariant_fraction"] = float((full - strict).norm() / norm)
+            out["subgroups"] = {}
             coeffs = self.likelihood.fourier_coefficients()
-            named = default_subgroups(self.likelihood.group) if subgroups is None else subgroups
             for name, sid in named.items():
+                try:  # checks the id also for a layer without pathways
+                    self.likelihood._invariant_projector(sid, self.likelihood.group.trivial_representation)
+                except ValueError as err:
+                    raise ValueError(f"subgroups: entry {name!r}: {err}") from None
                 broken = torch.zeros_like(full.reshape(full.shape[0], full.shape[1], -1))
                 for pathway in self.pathways:
                     lam = coeffs[pathway.irrep_id]
@@ -307,7 +317,7 @@ class _ProbabilisticFilter(SoftModule):
                     proj = torch.as_tensor(self.likelihood._invariant_projector(sid, irrep), dtype=lam.dtype,
                                            device=lam.device)
                     broken = broken + pathway(lam - proj @ lam)
-                out["subgroups"][name]["equivariant_fraction"] = float(1.0 - broken.norm() / norm)
+                out["subgroups"][name] = {"equivariant_fraction": float(1.0 - broken.norm() / norm)}
         return out
 
     def _extra(self) -> str:

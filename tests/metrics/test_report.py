@@ -140,22 +140,68 @@ def test_o2_report_gives_interpolated_subgroups_a_reference():
     assert " (-)" in partial.table()
 
 
+class _PlainHead(torch.nn.Module):
+    """A strict D4 body, group pooling, then a plain read-out: the mean over the map (invariant), the 3x3
+    grid of cell means flattened (keeps the orientation, as the DoubleMNIST 'grid' read-out does), or the
+    mean taken by escnn onto one pixel and then flattened (invariant, seen from the last escnn layer)."""
+
+    def __init__(self, d4, readout):
+        super().__init__()
+        self.body = _strict_net(d4)
+        self.pool = nn.GroupPooling(self.body.out_type)
+        self.readout = readout
+        if readout == "escnn-mean":
+            self.mean = nn.PointwiseAdaptiveAvgPool2D(self.pool.out_type, 1)
+
+    def forward(self, x):
+        y = self.pool(self.body(x))
+        if self.readout == "mean":
+            return y.tensor.mean(dim=(2, 3))
+        if self.readout == "grid":
+            return torch.nn.functional.adaptive_avg_pool2d(y.tensor, 3).flatten(1)
+        return self.mean(y).tensor.flatten(1)
+
+
 def test_invariant_plain_tensor_output(d4):
-    class Classifier(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = _strict_net(d4)
-            self.pool = nn.GroupPooling(self.body.out_type)
-
-        def forward(self, x):
-            return self.pool(self.body(x)).tensor.mean(dim=(2, 3))
-
     torch.manual_seed(0)
-    model = Classifier()
-    report = subgroup_report(model, random_input(model.body))
+    model = _PlainHead(d4, "mean")
+    x = random_input(model.body)
+    report = subgroup_report(model, x, model_output="invariant")
     assert report.layers[:4] == ["body.0", "body.1", "body.2", "body.3"]
     assert "pool" in report.layers  # GroupPooling maps D4 fields to D4 (trivial) fields
+    assert report.model_row == "invariance" and report.layers[-1] == MODEL_ROW
     assert max(report.error[MODEL_ROW].values()) < EXACT
+    assert "(model): the model's plain output, taken as invariant" in report.table()
+
+
+def test_model_row_is_left_out_for_a_plain_output_not_known_to_be_invariant(d4):
+    """A grid read-out is not invariant by design: its 'invariance error' is of order 1 while every layer is
+    exact. With model_output='auto' (default) the row is left out, with a note that says how to ask for it."""
+    torch.manual_seed(0)
+    model = _PlainHead(d4, "grid")
+    x = random_input(model.body)
+    report = subgroup_report(model, x)
+    assert MODEL_ROW not in report.layers and report.model_row is None
+    assert report.layers == ["body.0", "body.1", "body.2", "body.3", "pool"]
+    assert all(max(report.error[row].values()) < EXACT for row in report.layers)
+    assert "no (model) row" in report.table() and "model_output='invariant'" in report.table()
+    assert report.to_dict()["model_row"] is None
+    assert [r["name"] for r in report.to_dict()["rows"]] == report.layers
+    forced = subgroup_report(model, x, model_output="invariant")
+    assert min(forced.error[MODEL_ROW].values()) > BROKEN  # what the row would say, though every layer is exact
+    with_reference = subgroup_report(model, x, reference=model)  # the reference's model row is left out too
+    assert MODEL_ROW not in with_reference.layers
+    # the mean over the map is invariant, but only the caller knows that: auto leaves it out as well
+    assert MODEL_ROW not in subgroup_report(_PlainHead(d4, "mean"), x).layers
+
+
+def test_model_row_is_kept_when_the_last_escnn_layer_returns_invariants_on_one_pixel(d4):
+    torch.manual_seed(0)
+    model = _PlainHead(d4, "escnn-mean")
+    report = subgroup_report(model, random_input(model.body))
+    assert report.model_row == "invariance" and report.layers[-2:] == ["mean", MODEL_ROW]
+    assert max(report.error[MODEL_ROW].values()) < EXACT
+    assert MODEL_ROW not in subgroup_report(model, random_input(model.body), model_output="omit").layers
 
 
 def test_table_dict_and_plot(d4, tmp_path):
@@ -166,9 +212,12 @@ def test_table_dict_and_plot(d4, tmp_path):
     assert str(report) == table
     lines = table.splitlines()
     assert "D4" in lines[0] and all(c in lines[1] for c in report.subgroups)
-    assert len(lines) == 3 + len(report.layers)
-    assert lines[-1].startswith(MODEL_ROW)
+    assert len(lines) == 3 + len(report.layers) + 1  # + what the model row measures
+    assert lines[-2].startswith(f"{MODEL_ROW} [SequentialModule]")
+    assert report.model_row == "equivariance"
+    assert lines[-1].startswith(f"{MODEL_ROW}: the model's output fields, acted on by escnn")
     data = json.loads(json.dumps(report.to_dict()))
+    assert data["model_row"] == "equivariance"
     assert data["group"] == "D4" and [s["name"] for s in data["subgroups"]] == report.subgroups
     assert [r["name"] for r in data["rows"]] == report.layers
     assert data["rows"][0]["errors"]["flips"]["error"] == pytest.approx(report.error["0"]["flips"])
@@ -222,6 +271,12 @@ def test_bad_inputs(d4):
     c4 = gspaces.rot2dOnR2(4)
     with pytest.raises(ValueError, match="model: returns fields of C4"):
         subgroup_report(lambda z: nn.FieldType(c4, [c4.trivial_repr])(z.tensor), x)
+    with pytest.raises(ValueError, match="model_output: expected one of"):
+        subgroup_report(net, x, model_output="invariance")
+    with pytest.raises(ValueError, match="model_output='invariant': the model returns a GeometricTensor"):
+        subgroup_report(net, x, model_output="invariant")
+    with pytest.raises(ValueError, match="nothing to report; pass model_output='invariant'"):
+        subgroup_report(lambda z: z.tensor.sum(dim=(1, 2, 3)), x)
 
 
 def test_so3_report_is_exact_on_the_octahedral_group():

@@ -311,3 +311,19 @@ def test_wrong_input_type_is_rejected():
     other = nn.FieldType(gs, [gs.trivial_repr] * 4)
     with pytest.raises(ValueError, match="input"):
         layer(other(torch.randn(1, 4, 9, 9)))
+
+
+def test_degree_has_one_measure_per_subgroup_and_names_a_bad_subgroup():
+    """Per subgroup only ``equivariant_fraction`` (λ's own statistics live on ``layer.likelihood``), also for a
+    layer without pathways, whose bad subgroup ids are still rejected by name."""
+    gs = gspaces.flipRot2dOnR2(4)
+    in_type, out_type = _types(gs)
+    torch.manual_seed(0)
+    layer = ProbabilisticR2Conv(in_type, out_type, 5, padding=2, L=10)
+    degree = layer.degree()
+    assert set(degree) == {"group", "entropy", "nonequivariant_fraction", "subgroups"}
+    assert all(set(entry) == {"equivariant_fraction"} for entry in degree["subgroups"].values())
+    with pytest.raises(ValueError, match=r"subgroups: entry 'C3'.*subgroup_id=3"):
+        layer.degree({"C3": 3})
+    with pytest.raises(KeyError):  # the removed key is gone, not silently 0 (docs/migrating.md)
+        degree["subgroups"]["C4"]["invariance"]
