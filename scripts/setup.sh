@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh machine: gfortran (for escnn's py3nj), a virtual environment in .venv,
-# torch (the local CPU wheel 2.13.0 on this kind of machine), escnn_soft in editable mode with its extras,
+# torch (the local CPU wheel 2.13.0 on this kind of machine), escnn_soft in editable mode with its extras
+# (data; dev: tests, lint and the docs site: sphinx, myst-parser, the furo theme),
 # and the laplace-torch oracle installed without torchvision.
 set -euo pipefail
 cd "$(dirname "$0")/.."
