@@ -22,7 +22,10 @@ The whole table is produced for each thread count of ``--threads``.
 Usage::
 
     python benchmarks/bench_relaxed.py [--groups SO2 O2] [--rounds 8] [--steps 2] [--threads 2 1] \\
-        [--out benchmarks/results_relaxed.md]
+        [--arch default|thesis] [--width-multiplier 6] [--out benchmarks/results_relaxed.md]
+
+``--arch thesis`` runs the thesis DoubleMNIST network (``build_model(method, group, arch="thesis",
+width_multiplier=k)``: gated fields k·(1, 2, 4, 6, 6), band limits (2, 3, L, L, 2)) instead.
 """
 from __future__ import annotations
 
@@ -41,10 +44,11 @@ from escnn_soft.models import build_model
 METHODS = ("strict", "relaxed", "relaxed (stationary)", "rpp", "rsteer", "cnn")
 
 
-def _model(method: str, group: str) -> torch.nn.Module:
+def _model(method: str, group: str, arch: str = "default", width_multiplier: int | None = None) -> torch.nn.Module:
+    kwargs = {} if arch == "default" else {"arch": arch, "width_multiplier": width_multiplier}
     if method == "relaxed (stationary)":
-        return build_model("relaxed", group, lengthscale=float("inf"))
-    return build_model(method, group)
+        return build_model("relaxed", group, lengthscale=float("inf"), **kwargs)
+    return build_model(method, group, **kwargs)
 
 
 def _timer(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool
@@ -71,13 +75,14 @@ def _timer(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool
     return step
 
 
-def run(groups: list[str], rounds: int, steps: int, batch: int) -> list[dict]:
+def run(groups: list[str], rounds: int, steps: int, batch: int, arch: str = "default",
+        width_multiplier: int | None = None) -> list[dict]:
     torch.manual_seed(0)
     x = torch.randn(batch, 1, 56, 56)
     y = torch.randint(0, 100, (batch,))
     rows = []
     for group in groups:
-        models = {m: _model(m, group) for m in METHODS}
+        models = {m: _model(m, group, arch, width_multiplier) for m in METHODS}
         # separate copies for eval, so that the eval cache is not dropped by the training steps
         timers = {(m, mode): _timer(models[m] if mode == "train" else copy.deepcopy(models[m]), x, y, mode == "train")
                   for m in METHODS for mode in ("train", "eval")}
@@ -119,15 +124,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="training steps per method and round (eval: 5x)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    parser.add_argument("--arch", default="default", choices=["default", "thesis"],
+                        help="default: width 2, max frequency 2; thesis: the thesis network (issue 10)")
+    parser.add_argument("--width-multiplier", type=int, default=6, help="k of the thesis network (6 = the thesis)")
     parser.add_argument("--out", default=None, help="write the table (markdown) to this file")
     args = parser.parse_args()
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        rows += run(args.groups, args.rounds, args.steps, args.batch)
+        rows += run(args.groups, args.rounds, args.steps, args.batch, args.arch,
+                    args.width_multiplier if args.arch == "thesis" else None)
     text = table(rows)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    header = (f"DoubleMNIST network (escnn_soft.models, width 2, max frequency 2), batch {args.batch}, CPU, "
+    net = ("DoubleMNIST network (escnn_soft.models, width 2, max frequency 2)" if args.arch == "default" else
+           f"thesis DoubleMNIST network (escnn_soft.models, arch='thesis', width_multiplier={args.width_multiplier})")
+    header = (f"{net}, batch {args.batch}, CPU, "
               f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} "
               f"at the end; fastest of {args.rounds} interleaved rounds x {args.steps} train steps "
               f"({5 * args.steps} eval passes).")

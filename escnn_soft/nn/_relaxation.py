@@ -37,6 +37,7 @@ __all__ = [
     "SoftR2ConvBase",
     "bessel_j0",
     "expand_blocks",
+    "factorize_",
     "orbit_classes",
     "projection_coefficients",
     "projection_gram",
@@ -177,6 +178,86 @@ def _blocks(expansion: BlocksBasisExpansion) -> Iterator[_Block]:
                      out_idx, in_idx)
 
 
+def _support_components(support: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Connected components of the bipartite graph basis element -- (out, in) entry given by ``support``
+    (``b x E`` booleans): ``[(basis elements, entries)]``, entries touched by no element left out."""
+    b, e = support.shape
+    parent = list(range(b + e))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(support)):
+        ri, rj = find(int(i)), find(b + int(j))
+        if ri != rj:
+            parent[ri] = rj
+    comps: dict[int, tuple[list[int], list[int]]] = {}
+    for i in range(b):
+        comps.setdefault(find(i), ([], []))[0].append(i)
+    for j in range(e):
+        r = find(b + j)
+        if r in comps:
+            comps[r][1].append(j)
+    return [(np.array(bs), np.array(es)) for bs, es in comps.values()]
+
+
+def factorize_(expansion: BlocksBasisExpansion) -> BlocksBasisExpansion:
+    """Store, on ``expansion``, a block-sparse form of every sampled block basis (in place; returns it).
+
+    A basis element of a steerable block touches only a few (output, input) channel entries: one for the
+    trivial subgroup (its restricted fields are sums of trivial irreps), a 2x2 block for 2-dimensional
+    irreps, and so on. The (basis element, entry) incidence splits into connected components; components of
+    equal shape are stacked, so that :func:`expand_blocks` runs one small batched product per shape instead of a
+    dense contraction over every basis element and every entry (the same values, summed in another order).
+    Blocks that do not split are left to the dense contraction. The tensors are non-persistent buffers of
+    the expansion (moved by ``.to()``, never in a ``state_dict``).
+    """
+    for j, blk in enumerate(_blocks(expansion)):
+        b, o, i, p = blk.basis.shape
+        basis = blk.basis.reshape(b, o * i, p)
+        comps = _support_components((basis != 0).any(-1).cpu().numpy())
+        if len(comps) < 2:
+            continue
+        classes: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+        for bs, es in comps:
+            classes.setdefault((len(bs), len(es)), []).append((bs, es))
+        order = []
+        for c, members in enumerate(classes.values()):
+            bidx = torch.as_tensor(np.stack([bs for bs, _ in members]), dtype=torch.long)
+            eidx = np.stack([es for _, es in members])
+            sub = basis[bidx[:, :, None], torch.as_tensor(eidx, dtype=torch.long)[:, None, :]]  # (G, nb, ne, P)
+            expansion.register_buffer(f"_factor_b_{j}_{c}", bidx, persistent=False)
+            expansion.register_buffer(f"_factor_basis_{j}_{c}", sub.reshape(len(members), bidx.shape[1], -1)
+                                      .contiguous(), persistent=False)
+            order.append(eidx.reshape(-1))
+        order = np.concatenate(order)
+        # position of every (out, in) entry in the concatenated component outputs; untouched entries read a zero
+        position = np.full(o * i, len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        expansion.register_buffer(f"_factor_gather_{j}", torch.as_tensor(position), persistent=False)
+        setattr(expansion, f"_factor_classes_{j}", len(classes))
+    return expansion
+
+
+def _factored(expansion: BlocksBasisExpansion, j: int, c: torch.Tensor) -> torch.Tensor | None:
+    """``(F, b) -> (F, o*i, P)`` from the block-sparse form of block ``j``, or ``None`` without one."""
+    n_classes = getattr(expansion, f"_factor_classes_{j}", None)
+    if n_classes is None:
+        return None
+    parts = []
+    for k in range(n_classes):
+        bidx = expansion._buffers[f"_factor_b_{j}_{k}"]
+        sub = expansion._buffers[f"_factor_basis_{j}_{k}"]
+        parts.append(torch.einsum("fgb,gbe->fge", c[:, bidx], sub).reshape(c.shape[0], -1))
+    p = expansion.S
+    parts.append(c.new_zeros(c.shape[0], p))
+    flat = torch.cat(parts, dim=1).reshape(c.shape[0], -1, p)
+    return flat[:, expansion._buffers[f"_factor_gather_{j}"]]
+
+
 def expand_blocks(expansion: BlocksBasisExpansion, coefficients: torch.Tensor) -> torch.Tensor:
     """Expand ``F`` coefficient vectors in the steerable basis of ``expansion``.
 
@@ -187,20 +268,34 @@ def expand_blocks(expansion: BlocksBasisExpansion, coefficients: torch.Tensor) -
 
     Returns:
         filters of shape ``(F, C_out, C_in, P)``; for ``(1, D)`` the same as ``expansion(weights)``.
+        Blocks prepared by :func:`factorize_` are expanded from their block-sparse form.
     """
     f = coefficients.shape[0]
     per_position = coefficients.dim() == 3
-    out = coefficients.new_zeros(f, expansion._output_size, expansion._input_size, expansion.S)
-    for blk in _blocks(expansion):
+    blocks = list(_blocks(expansion))
+    single = len(blocks) == 1 and isinstance(blocks[0].out_index, slice)
+    out = None if single else coefficients.new_zeros(f, expansion._output_size, expansion._input_size, expansion.S)
+    for j, blk in enumerate(blocks):
         b, o, i, p = blk.basis.shape
         n_pairs = blk.out_count * blk.in_count
         c = coefficients[:, blk.start:blk.stop]
-        if per_position:
+        factored = None if per_position else _factored(expansion, j, c.reshape(f * n_pairs, b))
+        if factored is not None:
+            k = factored.reshape(f, blk.out_count, blk.in_count, o, i, p)
+        elif per_position:
             k = torch.einsum("boip,fkbp->fkoip", blk.basis, c.reshape(f, n_pairs, b, p))
+            k = k.reshape(f, blk.out_count, blk.in_count, o, i, p)
         else:
             k = torch.einsum("boip,fkb->fkoip", blk.basis, c.reshape(f, n_pairs, b))
-        k = k.reshape(f, blk.out_count, blk.in_count, o, i, p).transpose(2, 3)
-        if isinstance(blk.out_index, slice):
+            k = k.reshape(f, blk.out_count, blk.in_count, o, i, p)
+        k = k.transpose(2, 3)
+        if single:
+            k = k.reshape(f, blk.out_count * o, blk.in_count * i, p)
+            if k.shape[1:3] == (expansion._output_size, expansion._input_size):
+                return k
+            out = coefficients.new_zeros(f, expansion._output_size, expansion._input_size, expansion.S)
+            out[:, blk.out_index, blk.in_index] = k
+        elif isinstance(blk.out_index, slice):
             out[:, blk.out_index, blk.in_index] = k.reshape(f, blk.out_count * o, blk.in_count * i, p)
         else:
             out[:, blk.out_index, blk.in_index] = k.reshape(f, -1, p)
@@ -414,8 +509,8 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
         def generator(in_repr, out_repr):
             return gspace.build_kernel_basis(in_repr, out_repr, self._sigma, self._rings,
                                              maximum_frequency=self._maximum_frequency)
-        return private_blocks_expansion(in_type.representations, out_type.representations, generator,
-                                        self._grid, basis_filter=self._basis_filter)
+        return factorize_(private_blocks_expansion(in_type.representations, out_type.representations, generator,
+                                                  self._grid, basis_filter=self._basis_filter))
 
     def _subgroup_expansion(self) -> BlocksBasisExpansion:
         """The steerable basis of the relaxed subgroup S between the restricted field types."""

@@ -235,14 +235,34 @@ class RelaxedR2Conv(SoftR2ConvBase):
         self._gains_cache = None
         return super()._apply(fn, recurse)
 
+    def _bank_list(self) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The bank filters :math:`K_G + aR_0, aR_1, \\dots, aR_L` as separate tensors, and the bias (from the
+        eval cache when allowed: views of the stacked filter for ``groups=1``)."""
+        if self._cache_allowed():
+            filt, bias = self._expanded()
+            n = self.num_banks + 1
+            filt = filt.reshape(self.groups, n, -1, *filt.shape[1:]).transpose(0, 1)
+            return list(filt.reshape(n, -1, *filt.shape[3:]).unbind(0)), bias
+        a = self.amplitude()
+        relax = self._relaxation_filters(self.relaxed_weights)
+        return [self.strict_filter() + a * relax[0], *(a * relax[1:]).unbind(0)], self.strict_bias()
+
     def forward(self, input: GeometricTensor) -> GeometricTensor:
-        """:math:`y(u) = [(K_G + aR_0) \\star x](u) + \\sum_l g_l(u)\\,[aR_l \\star x](u) + b`."""
+        """:math:`y(u) = [(K_G + aR_0) \\star x](u) + \\sum_l g_l(u)\\,[aR_l \\star x](u) + b`.
+
+        One convolution per bank (the same function as one convolution with the stacked filters followed by
+        the per-pixel combination, but no slicing of a stacked output: its backward would zero-fill and copy
+        the whole stacked output once per bank), combined by ``addcmul``."""
         self._check_input(input)
-        filt, bias = self._expanded()
         if not self._nonstationary:
+            filt, bias = self._expanded()
             return GeometricTensor(self._conv(input.tensor, filt, bias), self.out_type)
-        y = self._conv(input.tensor, filt, None)
-        out = _combine(y, self._cached_gains(y.shape[-2], y.shape[-1]), self.num_banks, self.groups, bias)
+        banks, bias = self._bank_list()
+        x = input.tensor
+        out = self._conv(x, banks[0], bias)
+        gains = self._cached_gains(out.shape[-2], out.shape[-1])
+        for l in range(1, len(banks)):
+            out = torch.addcmul(out, self._conv(x, banks[l], None), gains[l - 1])
         return GeometricTensor(out, self.out_type)
 
     def export(self) -> torch.nn.Module:
