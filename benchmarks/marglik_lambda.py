@@ -1,0 +1,190 @@
+"""λ trained by the task loss, by the task loss + the paper's regularisers, or by the Laplace evidence (issue 16.2).
+
+The probabilistic SO(2) DoubleMNIST network of ``escnn-soft train`` (default arch, width 1, λ band limit 4 as in the thesis,
+grid read-out) on C1, C4 and SO2 data, three ways of training λ:
+
+* ``task``: λ is trained with the weights by the cross-entropy alone (α_align = α_KL = 0);
+* ``reg``: the paper's recipe, cross-entropy + 5·alignment + 3·KL (``escnn-soft train``'s default);
+* ``evidence``: :func:`escnn_soft.laplace.marglik_training` with ``hyperparameters="likelihoods"``: λ is not
+  trained by the loss at all, only by Adam steps on the Laplace evidence (with the layer-wise prior
+  precisions), no alignment/KL term. Burn-in for half the epochs, then every epoch 5 hyperparameter steps on
+  a random subset of 128 training images (Monte-Carlo GGN, one backward pass per image).
+
+Every cell (symmetry, mode, seed) writes ``<out>/<symmetry>_<mode>_s<seed>.json`` when it finishes, so an
+interrupted run continues where it stopped (finished cells are skipped); ``--report-only`` writes the table
+``benchmarks/results_marglik.md`` from whatever cells exist.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/marglik_lambda.py              # 9 cells, seed 0
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/marglik_lambda.py --report-only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from escnn_soft.data import DoubleMNIST
+from escnn_soft.models import build_model
+from escnn_soft.nn.base import SoftModule
+from escnn_soft.training import cosine_lr, evaluate, set_lr, train_epoch
+
+HERE = Path(__file__).resolve().parent
+MODES = ("task", "reg", "evidence")
+SYMMETRIES = ("C1", "C4", "SO2")
+SUBGROUPS = ("C2", "C4", "SO2")
+
+
+def _degrees(model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """Per probabilistic layer: the equivariant fraction per subgroup (1 = exactly equivariant)."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, SoftModule) and hasattr(m, "likelihood"):
+            d = m.degree()
+            out[name] = {s: round(d["subgroups"][s]["equivariant_fraction"], 4) for s in SUBGROUPS}
+    return out
+
+
+def run_cell(symmetry: str, mode: str, seed: int, args: argparse.Namespace) -> dict:
+    torch.manual_seed(seed)
+    kw = {"symmetry": symmetry, "n_images": args.n_images, "seed": seed}
+    train, test = DoubleMNIST(split="train", **kw), DoubleMNIST(split="test", **kw)
+    model = build_model("probabilistic", group="SO2", width=args.width, L=args.L)
+    t0 = time.time()
+    extra: dict = {}
+    if mode == "evidence":
+        from escnn_soft.laplace import marglik_training
+
+        data = DataLoader(train, batch_size=args.batch_size, shuffle=True,
+                          generator=torch.Generator().manual_seed(seed))
+        model, hist = marglik_training(model, data, n_epochs=args.epochs, lr=args.lr, lr_hyp=args.lr_hyp,
+                                       n_epochs_burnin=args.epochs // 2, marglik_frequency=1,
+                                       n_hypersteps=args.hypersteps, marglik_batch_size=args.marglik_batch,
+                                       hyperparameters="likelihoods", stochastic=True, progress=False, seed=seed)
+        extra = {"marglik": hist["marglik"], "train_loss": hist["loss"],
+                 "per_layer": [{k: r[k] for k in ("name", "n_params", "prior_precision", "log_det_ratio", "scatter",
+                                                  "contribution")} for r in hist["per_layer"][-1]]}
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        losses = []
+        for epoch in range(args.epochs):
+            set_lr(optimizer, cosine_lr(args.lr, epoch, args.epochs))
+            train.set_epoch(epoch)
+            loader = DataLoader(train, batch_size=args.batch_size, shuffle=True,
+                                generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+            losses.append(train_epoch(model, loader, optimizer, torch.device("cpu"), regularize=mode == "reg",
+                                      progress=False)["loss"])
+        extra = {"train_loss": losses}
+    test_stats = evaluate(model, DataLoader(test, batch_size=256), torch.device("cpu"))
+    return {"symmetry": symmetry, "mode": mode, "seed": seed, "test_accuracy": test_stats["accuracy"],
+            "seconds": round(time.time() - t0, 1), "degrees": _degrees(model), **extra,
+            "config": {k: getattr(args, k) for k in ("n_images", "epochs", "width", "L", "lr", "lr_hyp", "batch_size",
+                                                     "hypersteps", "marglik_batch")}}
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def report(out: Path) -> str:
+    cells = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    if not cells:
+        return "no finished cells"
+    cfg = cells[0]["config"]
+    seeds = sorted({c["seed"] for c in cells})
+    lines = ["# λ by task loss, regularisers or the Laplace evidence (issue 16.2)\n",
+             (f"DoubleMNIST, probabilistic SO(2) network (default arch, width {cfg['width']}, λ band limit {cfg['L']}), "
+             f"{cfg['n_images']} images (8:1:1), {cfg['epochs']} epochs, batch {cfg['batch_size']}, Adam lr {cfg['lr']}; "
+             f"evidence: burn-in {cfg['epochs'] // 2} epochs, then every epoch {cfg['hypersteps']} Adam steps "
+             f"(lr {cfg['lr_hyp']}) on a {cfg['marglik_batch']}-image subset; seeds {seeds}. Machine: "
+             f"{platform.machine()}, 1 thread, shared. Generated by `benchmarks/marglik_lambda.py --report-only`.\n"),
+             "## Test accuracy\n", "| λ trained by | " + " | ".join(SYMMETRIES) + " |",
+             "|---|" + "---|" * len(SYMMETRIES)]
+    for mode in MODES:
+        row = [_fmt([c["test_accuracy"] for c in cells if c["mode"] == mode and c["symmetry"] == s]) for s in SYMMETRIES]
+        lines.append(f"| {mode} | " + " | ".join(row) + " |")
+    lines += ["", "## Equivariant fraction per layer and subgroup (C2 / C4 / SO2; 1 = exactly equivariant)\n"]
+    layers = next(iter(cells))["degrees"].keys()
+    lines += ["| data | λ by | " + " | ".join(layers) + " |", "|---|---|" + "---|" * len(layers)]
+    for s in SYMMETRIES:
+        for mode in MODES:
+            found = [c for c in cells if c["mode"] == mode and c["symmetry"] == s]
+            if not found:
+                continue
+            row = []
+            for layer in layers:
+                vals = [sum(c["degrees"][layer][g] for c in found) / len(found) for g in SUBGROUPS]
+                row.append(" / ".join(f"{v:.2f}" for v in vals))
+            lines.append(f"| {s} | {mode} | " + " | ".join(row) + " |")
+    ev = [c for c in cells if c["mode"] == "evidence"]
+    if ev:
+        lines += ["", "## Evidence: per-layer Occam terms at the last update (seed-mean)\n",
+                  "contribution = −½(log-det ratio + δ‖θ‖²); prior precision δ learned.\n",
+                  "| data | layer | params | δ | log-det ratio | δ‖θ‖² | contribution |", "|---|---|---|---|---|---|---|"]
+        for s in SYMMETRIES:
+            found = [c for c in ev if c["symmetry"] == s]
+            if not found:
+                continue
+            for i, r in enumerate(found[0]["per_layer"]):
+                mean = {k: sum(c["per_layer"][i][k] for c in found) / len(found)
+                        for k in ("prior_precision", "log_det_ratio", "scatter", "contribution")}
+                lines.append(f"| {s} | {r['name']} | {r['n_params']} | {mean['prior_precision']:.3g} | "
+                             f"{mean['log_det_ratio']:.1f} | {mean['scatter']:.1f} | {mean['contribution']:.1f} |")
+        lines += ["", "Log evidence per update: " + "; ".join(
+            f"{c['symmetry']} s{c['seed']}: " + ", ".join(f"{m:.0f}" for m in c["marglik"]) for c in ev)]
+    lines += ["", "Run time per cell (s): " + ", ".join(f"{c['symmetry']}/{c['mode']}/s{c['seed']} {c['seconds']:.0f}"
+                                                    for c in cells)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--symmetries", default=",".join(SYMMETRIES))
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--n-images", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--width", type=int, default=1)
+    p.add_argument("--L", type=int, default=4)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--lr-hyp", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--hypersteps", type=int, default=5)
+    p.add_argument("--marglik-batch", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(HERE / "marglik_lambda"))
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        for seed in map(int, args.seeds.split(",")):
+            for symmetry in args.symmetries.split(","):
+                for mode in args.modes.split(","):
+                    path = out / f"{symmetry}_{mode}_s{seed}.json"
+                    if path.is_file():
+                        continue
+                    cell = run_cell(symmetry, mode, seed, args)
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(cell, indent=1))
+                    tmp.replace(path)
+                    print(f"{symmetry} {mode} s{seed}: test accuracy {cell['test_accuracy']:.3f} in {cell['seconds']:.0f} s; "
+                          f"{cell['degrees']}", flush=True)
+    text = report(out)
+    (HERE / "results_marglik.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
