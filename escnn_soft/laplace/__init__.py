@@ -13,7 +13,7 @@ from escnn_soft.laplace.evidence import (
     register_module_type,
     supported_module_types,
 )
-from escnn_soft.laplace.training import marglik_training
+from escnn_soft.laplace.training import marglik_training, refresh_batchnorm
 
-__all__ = ["LaplaceEvidence", "likelihood_hyperparameters", "marglik_training", "register_module_type",
-           "supported_module_types"]
+__all__ = ["LaplaceEvidence", "likelihood_hyperparameters", "marglik_training", "refresh_batchnorm",
+           "register_module_type", "supported_module_types"]

@@ -50,7 +50,7 @@ from tqdm.auto import trange
 from escnn_soft.distributed import average_gradients, rank, sum_over_ranks, world_size
 from escnn_soft.laplace.evidence import LaplaceEvidence, _output, _to
 
-__all__ = ["marglik_training"]
+__all__ = ["marglik_training", "refresh_batchnorm"]
 
 #: keys of the ``state`` dict given to ``on_epoch_end`` and taken by ``resume``
 STATE_KEYS = ("epoch", "groups", "log_prior_precision", "log_sigma_noise", "optimizer", "hyper_optimizer",
@@ -163,6 +163,39 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
         if on_epoch_end is not None:
             on_epoch_end(epoch, _state(epoch, ev, net, optimizer, hyper_optimizer, hyper_names, generator, history))
     return model, history
+
+
+@torch.no_grad()
+def refresh_batchnorm(model: nn.Module, loader: Iterable) -> nn.Module:
+    """Re-estimate the running statistics of every batch-norm layer of ``model`` at its current weights: one pass
+    over ``loader`` in training mode, cumulative average (``momentum=None``), no parameter changes; returns
+    ``model`` in evaluation mode.
+
+    Call it after :func:`marglik_training` when the network has batch norm and the evidence tunes hyperparameters
+    inside it (λ, relaxation amplitudes): the last hyperparameter step follows the last training epoch, so the
+    running statistics belong to the previous filters, and evaluation-mode outputs can be far off (DoubleMNIST,
+    λ by the evidence: test accuracy 0.05 before, see ``benchmarks/results_marglik.md``).
+    """
+    from escnn import nn as enn
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms += [m for m in model.modules() if isinstance(m, (enn.IIDBatchNorm1d, enn.IIDBatchNorm2d, enn.IIDBatchNorm3d,
+                                                           enn.InnerBatchNorm, enn.NormBatchNorm, enn.GNormBatchNorm,
+                                                           enn.InducedNormBatchNorm))
+              and hasattr(m, "momentum")]
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        if hasattr(m, "reset_running_stats"):
+            m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for batch in loader:
+            model(batch[0])
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+    return model.eval()
 
 
 def _check_extra_loss(extra_loss: Callable[[nn.Module], Tensor] | None, net: nn.Module, hyper_ids: set[int]) -> None:

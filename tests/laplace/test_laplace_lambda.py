@@ -242,3 +242,19 @@ def test_docs_recipe_runs(capsys):
     exec(compile(block, "docs/laplace.md:λ by the evidence", "exec"), {"__name__": "__doc_example__"})  # noqa: S102
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 6 and all("'SO2':" in line for line in printed), printed
+
+
+def test_refresh_batchnorm_re_estimates_the_running_statistics():
+    """After a λ step the running statistics are those of the old filters; refresh_batchnorm replaces them by
+    the mean and variance of the current pre-normalisation activations over the loader (equal batches: exact)."""
+    from escnn_soft.laplace import refresh_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    model[1].running_mean.fill_(5.0)
+    x = torch.randn(24, 3)
+    weight = model[0].weight.detach().clone()
+    refresh_batchnorm(model, loader(x, torch.zeros(24, dtype=torch.long), 6))
+    assert not model.training and model[1].momentum == 0.1 and torch.equal(model[0].weight, weight)
+    with torch.no_grad():
+        torch.testing.assert_close(model[1].running_mean, model[0](x).mean(0))
