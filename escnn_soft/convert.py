@@ -1,6 +1,7 @@
 """Swap strict escnn layers for soft ones (:func:`soften`) and back (:func:`harden`)."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,28 +25,73 @@ def _conv_kwargs(layer: EquivariantModule) -> dict[str, Any]:
                 "bias": layer.bias is not None, "sigma": layer._sigma, "rings": layer._rings}
 
 
+def _strict_base(layer: torch.nn.Module) -> type | None:
+    """The escnn strict type (``R2Conv``, ``R3Conv``, ``Linear``) ``layer`` is, or is a subclass of; ``None`` for
+    anything else and for soft layers (some of which subclass escnn's layers themselves)."""
+    if isinstance(layer, SoftModule):
+        return None
+    return next((t for t in _STRICT_TYPES if isinstance(layer, t)), None)
+
+
 def _soft_class(method: str, layer: EquivariantModule):
     from escnn_soft import nn as snn
 
+    base = _strict_base(layer)
     if method == "probabilistic":
         return {enn.R2Conv: snn.ProbabilisticR2Conv, enn.R3Conv: snn.ProbabilisticR3Conv,
-                enn.Linear: snn.ProbabilisticLinear}[type(layer)]
-    if type(layer) is not enn.R2Conv:
-        return None  # the relaxed families exist for R2Conv only
-    return {"relaxed": snn.RelaxedR2Conv, "rpp": snn.RPPR2Conv, "rsteer": snn.RSteerR2Conv}[method]
+                enn.Linear: snn.ProbabilisticLinear}[base]
+    if base is enn.R2Conv:
+        return {"relaxed": snn.RelaxedR2Conv, "rpp": snn.RPPR2Conv, "rsteer": snn.RSteerR2Conv}[method]
+    if base is enn.R3Conv:
+        return {"relaxed": snn.RelaxedR3Conv, "rpp": snn.RPPR3Conv, "rsteer": snn.RSteerR3Conv}[method]
+    return None  # the relaxed families are convolutions: Linear layers stay strict
 
 
-def _make_soft(layer: EquivariantModule, method: str, kwargs: dict[str, Any]) -> EquivariantModule | None:
+def _same_function(layer: EquivariantModule, new: EquivariantModule) -> float:
+    """Relative difference of the two layers' outputs on a random input (eval mode, no grad; modes restored)."""
+    from escnn_soft.testing import random_input
+
+    ref = layer.weights
+    modes = (layer.training, new.training)
+    layer.eval(), new.eval()
+    try:
+        x = random_input(layer, dtype=ref.dtype, device=ref.device, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            a, b = layer(x).tensor, new(x).tensor
+    finally:
+        layer.train(modes[0]), new.train(modes[1])
+    return float((a - b).norm() / a.norm().clamp_min(1e-30))
+
+
+def _make_soft(layer: EquivariantModule, method: str, kwargs: dict[str, Any],
+               skipped: dict[str, str] | None = None, name: str = "") -> EquivariantModule | None:
     cls = _soft_class(method, layer)
     if cls is None:
         return None
-    if isinstance(layer, enn.Linear):
-        new = cls(layer.in_type, layer.out_type, bias=layer.bias is not None, **kwargs)
-    else:
-        if layer.groups != 1:
-            raise ValueError(f"model: layer with groups={layer.groups} cannot be softened; soft layers use groups=1")
-        new = cls(layer.in_type, layer.out_type, layer.kernel_size, **{**_conv_kwargs(layer), **kwargs})
+    subclass = type(layer) not in _STRICT_TYPES
+
+    def skip(why: str) -> None:
+        if skipped is not None:
+            skipped[name or "(model)"] = (f"{type(layer).__name__} subclasses escnn's {_strict_base(layer).__name__} "
+                                          f"but {why}")
+        return None
+
+    try:
+        if isinstance(layer, enn.Linear):
+            new = cls(layer.in_type, layer.out_type, bias=layer.bias is not None, **kwargs)
+        else:
+            if layer.groups != 1:
+                raise ValueError(f"model: layer with groups={layer.groups} cannot be softened; soft layers use "
+                                 "groups=1")
+            new = cls(layer.in_type, layer.out_type, layer.kernel_size, **{**_conv_kwargs(layer), **kwargs})
+    except (AttributeError, TypeError) as err:
+        if subclass:
+            return skip(f"the {method} layer cannot be built from its attributes ({type(err).__name__}: {err})")
+        raise
     if new.weights.shape != layer.weights.shape:
+        if subclass:
+            return skip(f"its basis has {layer.weights.numel()} elements where the {method} layer built from its "
+                        f"arguments has {new.weights.numel()}")
         raise ValueError(f"model: the {method} layer's strict basis has {new.weights.numel()} elements but the "
                          f"original has {layer.weights.numel()}; the original used a custom frequencies_cutoff or "
                          f"basis_filter: pass the same one to soften(..., frequencies_cutoff=..., basis_filter=...)")
@@ -55,6 +101,15 @@ def _make_soft(layer: EquivariantModule, method: str, kwargs: dict[str, Any]) ->
         new.weights.copy_(layer.weights)
         if layer.bias is not None:
             new.bias.copy_(layer.bias)
+    if subclass:
+        # a subclass of escnn's layer: replace it only if the soft layer computes what it computed
+        try:
+            diff = _same_function(layer, new)
+        except Exception as err:  # the subclass's forward may need more than a GeometricTensor
+            return skip(f"its forward failed on a random input ({type(err).__name__}: {err})")
+        if not diff <= 1e-4:
+            return skip(f"the {method} layer's output differs from it by {diff:.2g} (relative): it overrides how "
+                        "the filter or the output is computed")
     return new
 
 
@@ -87,13 +142,19 @@ def soften(model: torch.nn.Module, method: str = "probabilistic", names: Iterabl
     zero relaxation), so the softened model computes the same function. Works on any module tree
     (escnn ``SequentialModule``, ``ModuleDict``, user classes).
 
+    Subclasses of escnn's ``R2Conv``/``R3Conv``/``Linear`` (e.g. a fork's own conv class) are softened too when
+    that is safe: the soft layer is built from the subclass's field types and basis parameters, and kept only if
+    it computes the same output on a random input (relative difference at most 1e-4); otherwise the layer stays
+    as it is and a warning names it and says why. A warning also says when no layer was replaced at all.
+
     Args:
         model: the model (changed in place and returned; a model that is itself one strict layer is
             returned as its soft replacement).
         method: ``"probabilistic"`` (R2Conv, R3Conv, Linear), ``"relaxed"``, ``"rpp"`` or ``"rsteer"``
-            (R2Conv only; other layers stay strict).
+            (R2Conv and R3Conv: :class:`~escnn_soft.nn.RelaxedR2Conv` / :class:`~escnn_soft.nn.RelaxedR3Conv`, ...;
+            ``Linear`` layers stay strict).
         names: optional module names (as in ``model.named_modules()``) to soften; default all.
-        types: strict layer types to soften (default ``(R2Conv, R3Conv, Linear)``).
+        types: strict layer types to soften (default ``(R2Conv, R3Conv, Linear)``; their subclasses count).
         **kwargs: passed to the soft layers (e.g. ``L=2`` or ``likelihood=...``).
     """
     if method not in SOFTEN_METHODS:
@@ -113,12 +174,29 @@ def soften(model: torch.nn.Module, method: str = "probabilistic", names: Iterabl
         unknown = sorted(wanted - known)
         if unknown:
             raise ValueError(f"names: {unknown} are not modules of the model; valid names include "
-                             f"{sorted(n for n, m in model.named_modules() if type(m) in _STRICT_TYPES)[:10]}")
+                             f"{sorted(n for n, m in model.named_modules() if _strict_base(m) is not None)[:10]}")
 
     def select(name: str, module: torch.nn.Module) -> bool:
-        return type(module) in types and (wanted is None or name in wanted)
+        base = _strict_base(module)
+        return base is not None and base in types and (wanted is None or name in wanted)
 
-    new, _ = _replace(model, select, lambda name, m: _make_soft(m, method, kwargs))
+    skipped: dict[str, str] = {}
+    new, replaced = _replace(model, select, lambda name, m: _make_soft(m, method, kwargs, skipped, name))
+    for name, why in skipped.items():
+        warnings.warn(f"soften: layer {name!r} left strict: {why}", UserWarning, stacklevel=2)
+    if not replaced:
+        found = sorted({type(m).__name__ for _, m in model.named_modules() if _strict_base(m) is not None})
+        if found:
+            detail = (f"its escnn layers ({', '.join(found)}) are not among types={[t.__name__ for t in types]}"
+                      f"{' or names' if wanted is not None else ''}, or method={method!r} has no soft version of them "
+                      f"(the relaxed families replace R2Conv/R3Conv only)")
+        else:
+            detail = ("it has no escnn R2Conv, R3Conv or Linear layer (nor a subclass of one); soften swaps escnn "
+                      "layers only")
+        if skipped:
+            detail = "every candidate was skipped (see the warnings above)"
+        warnings.warn(f"soften: no layer of the {type(model).__name__} was replaced: {detail}", UserWarning,
+                      stacklevel=2)
     return canonical_order_(new)
 
 
@@ -240,12 +318,16 @@ def _harden_layer(layer: EquivariantModule, threshold: float, subgroups: dict[st
 
 def _trivial_id(group):
     """escnn's id of the trivial subgroup, when the group has one that restriction understands."""
-    from escnn.group import O2, SO2, CyclicGroup, DihedralGroup
+    from escnn.group import O2, O3, SO2, SO3, CyclicGroup, DihedralGroup
 
     if isinstance(group, (SO2, CyclicGroup)):
         return 1
     if isinstance(group, (O2, DihedralGroup)):
         return (None, 1)
+    if isinstance(group, SO3):
+        return (False, 1)
+    if isinstance(group, O3):
+        return (False, False, 1)
     return None
 
 

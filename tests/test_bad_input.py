@@ -30,8 +30,11 @@ from escnn_soft.nn import (
     ProbabilisticR2Conv,
     ProbabilisticR3Conv,
     RelaxedR2Conv,
+    RelaxedR3Conv,
     RPPR2Conv,
+    RPPR3Conv,
     RSteerR2Conv,
+    RSteerR3Conv,
     SharedLinear,
 )
 
@@ -54,6 +57,11 @@ def triv(gs=None, n: int = 1) -> enn.FieldType:
 def reg(gs=None, n: int = 1) -> enn.FieldType:
     gs = gs or c4()
     return enn.FieldType(gs, [gs.regular_repr] * n)
+
+
+def triv3(gs=None, n: int = 1) -> enn.FieldType:
+    gs = gs or gspaces.rot3dOnR3(maximum_frequency=1)
+    return enn.FieldType(gs, [gs.trivial_repr] * n)
 
 
 def no_base(n: int = 1) -> enn.FieldType:
@@ -171,6 +179,24 @@ CASES = [
     pytest.param(lambda: RSteerR2Conv(triv(), triv(), 3, dilation=0), V, "dilation", "0",
                  id="rsteer-dilation-zero"),
     pytest.param(lambda: RSteerR2Conv(None, triv(), 3), T, "in_type", "NoneType", id="rsteer-in_type-none"),
+    # --- RelaxedR3Conv / RPPR3Conv / RSteerR3Conv
+    pytest.param(lambda: RelaxedR3Conv(triv(), triv(), 3), V, "in_type", "R2", id="relaxed3d-planar-gspace"),
+    pytest.param(lambda: RelaxedR2Conv(triv3(), triv3(), 3), V, "in_type", "R3", id="relaxed2d-3d-gspace"),
+    pytest.param(lambda: RPPR3Conv(triv3(), triv3(), 3, padding=(1, 1)), V, "padding", r"\(1, 1\)",
+                 id="rpp3d-padding-two-values"),
+    pytest.param(lambda: RSteerR3Conv(triv3(), triv3(), 3, maximum_offset=1), V, "maximum_offset", "1",
+                 id="rsteer3d-maximum_offset"),
+    pytest.param(lambda: RelaxedR3Conv(triv3(), triv3(), 3, relaxed_subgroup=(True, 7, 7)), V, "relaxed_subgroup",
+                 r"\(True, 7, 7\)", id="relaxed3d-relaxed_subgroup-not-a-subgroup"),
+    pytest.param(lambda: RPPR3Conv(triv3(gspaces.octaOnR3()), triv3(gspaces.octaOnR3()), 3,
+                                   relaxed_subgroup=(False, 4)), V, "relaxed_subgroup", r"\(False, 4\)",
+                 id="rpp3d-octa-gspace-cannot-restrict"),
+    pytest.param(lambda: RelaxedR3Conv.from_r3conv(enn.R2Conv(triv(), triv(), 3)), T, "conv", "R2Conv",
+                 id="relaxed3d-from_r3conv-planar-conv"),
+    pytest.param(lambda: RelaxedR3Conv(triv3(), triv3(), 3).evaluate_output_shape((1, 1, 5, 5)), V, "input_shape",
+                 r"\(1, 1, 5, 5\)", id="relaxed3d-evaluate_output_shape-2d"),
+    pytest.param(lambda: RelaxedR3Conv(triv3(), triv3(), 3).gains(5, 5), V, "shape", r"\(5, 5\)",
+                 id="relaxed3d-gains-two-sizes"),
     # --- DSLiftingConv / DSGroupConv
     pytest.param(lambda: DSLiftingConv(triv(), 2, 4), V, "kernel_size", "4", id="ds-lifting-kernel_size-even"),
     pytest.param(lambda: DSLiftingConv(triv(), 0, 3), V, "out_type", "0", id="ds-lifting-zero-fields"),

@@ -102,3 +102,97 @@ def test_harden_counts_the_dropped_position_dependence_of_a_relaxed_layer():
 def test_harden_rejects_bad_threshold():
     with pytest.raises(ValueError, match="threshold"):
         es.harden(_net(gspaces.rot2dOnR2(4)), threshold=1.5)
+
+
+# ------------------------------------------------------------------------------------------------- 3D
+
+
+def _net3d(gs):
+    t_in = nn.FieldType(gs, [gs.trivial_repr])
+    t_hid = nn.FieldType(gs, [gs.trivial_repr, gs.irrep(1)])
+    return nn.SequentialModule(nn.R3Conv(t_in, t_hid, 3, padding=1), nn.R3Conv(t_hid, t_hid, 3, padding=1)).eval()
+
+
+@pytest.mark.parametrize("method", list(SOFT_KWARGS))
+def test_soften_and_harden_r3conv_round_trip(method):
+    """Every method softens escnn's R3Conv into its 3D layer (same output) and hardens back to R3Conv."""
+    torch.manual_seed(0)
+    model = _net3d(gspaces.rot3dOnR3(maximum_frequency=2))
+    x = random_input(model, size=7, dtype=torch.float32)
+    with torch.no_grad():
+        before = model(x).tensor.clone()
+    soft = es.soften(model, method=method, **SOFT_KWARGS[method]).eval()
+    expected = {"probabilistic": es.nn.ProbabilisticR3Conv, "relaxed": es.nn.RelaxedR3Conv,
+                "rpp": es.nn.RPPR3Conv, "rsteer": es.nn.RSteerR3Conv}[method]
+    assert type(soft[0]) is expected and type(soft[1]) is expected
+    with torch.no_grad():
+        torch.testing.assert_close(soft(x).tensor, before, atol=1e-5, rtol=1e-5)
+    hard, log = es.harden(soft, return_log=True)
+    assert type(hard[0]) is nn.R3Conv and type(hard[1]) is nn.R3Conv
+    assert all(entry["subgroup_id"] == "None" for entry in log.values()), log   # the whole SO(3)
+    with torch.no_grad():
+        torch.testing.assert_close(hard.eval()(x).tensor, before, atol=1e-4, rtol=1e-4)
+
+
+def test_harden_a_relaxed_r3conv_keeps_the_subgroup_it_kept():
+    """A relaxation over the octahedral rotations of O(3) hardens to the octahedral group, exactly equivariant."""
+    torch.manual_seed(0)
+    gs = gspaces.flipRot3dOnR3(maximum_frequency=2)
+    t = nn.FieldType(gs, [gs.trivial_repr, gs.irrep(1, 1)])
+    layer = es.nn.RPPR3Conv(t, t, 3, padding=1, relaxed_subgroup=(False, "octa"))
+    with torch.no_grad():
+        layer.free_weights.normal_()
+    hard, log = es.harden(layer, return_log=True)
+    assert log["(model)"]["subgroup"] == "octahedral", log
+    x = random_input(layer, size=7, dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(hard(x).tensor, layer(x).tensor, atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------- subclasses, nothing replaced
+
+
+class MyConv(nn.R2Conv):
+    """A fork's own conv class that only adds an attribute: safe to soften."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.note = "fork"
+
+
+class ScaledConv(nn.R2Conv):
+    """A subclass that changes the output: softening it would change the model."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        return nn.GeometricTensor(2 * y.tensor, y.type)
+
+
+def test_soften_replaces_safe_subclasses_and_warns_about_the_others():
+    torch.manual_seed(0)
+    gs = gspaces.rot2dOnR2(4)
+    t_in, t = nn.FieldType(gs, [gs.trivial_repr]), nn.FieldType(gs, [gs.regular_repr])
+    model = nn.SequentialModule(MyConv(t_in, t, 3, padding=1), ScaledConv(t, t, 3, padding=1)).eval()
+    x = random_input(model, dtype=torch.float32)
+    with torch.no_grad():
+        before = model(x).tensor.clone()
+    with pytest.warns(UserWarning, match=r"layer '1' left strict: ScaledConv subclasses escnn's R2Conv but"):
+        soft = es.soften(model, method="rpp")
+    assert isinstance(soft[0], es.nn.RPPR2Conv) and type(soft[1]) is ScaledConv
+    with torch.no_grad():
+        torch.testing.assert_close(soft.eval()(x).tensor, before, atol=1e-5, rtol=1e-5)
+
+
+def test_soften_warns_when_nothing_is_replaced():
+    gs = gspaces.rot2dOnR2(4)
+    t = nn.FieldType(gs, [gs.regular_repr])
+    with pytest.warns(UserWarning, match="no layer of the SequentialModule was replaced: its escnn layers"):
+        es.soften(nn.SequentialModule(nn.R2Conv(t, t, 3)), method="relaxed",
+                  types=[nn.Linear])
+    with pytest.warns(UserWarning, match="has no escnn R2Conv, R3Conv or Linear layer"):
+        es.soften(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3)), method="rpp")
+    with pytest.warns(UserWarning) as record:
+        es.soften(nn.SequentialModule(ScaledConv(t, t, 3)), method="rpp")
+    messages = [str(w.message) for w in record]
+    assert any("layer '0' left strict" in m for m in messages) and any("every candidate was skipped" in m
+                                                                        for m in messages), messages

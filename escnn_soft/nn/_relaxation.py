@@ -1,8 +1,10 @@
-"""Shared machinery of the relaxed steerable convolutions (RelaxedR2Conv, RPPR2Conv, RSteerR2Conv).
+"""Shared machinery of the relaxed steerable convolutions (RelaxedR2Conv, RPPR2Conv, RSteerR2Conv and their
+3D counterparts RelaxedR3Conv, RPPR3Conv, RSteerR3Conv).
 
-* :class:`SoftR2ConvBase` — the strict part every layer owns (an escnn ``R2Conv``'s ``weights``,
-  ``bias`` and private sampled basis, with the same argument names and basis ordering, so that
-  ``layer.weights`` can be copied from / to an :class:`escnn.nn.R2Conv`), the eval-mode filter cache,
+* :class:`SoftConvBase` (with :class:`SoftR2ConvBase` and :class:`SoftR3ConvBase`) — the strict part every layer
+  owns (an escnn ``R2Conv``'s / ``R3Conv``'s ``weights``, ``bias`` and private sampled basis, with the same
+  argument names and basis ordering, so that ``layer.weights`` can be copied from / to the escnn layer), the
+  dimension (2 or 3) being a class attribute; the eval-mode filter cache,
   ``evaluate_output_shape``, the relaxed subgroup and the shared parts of ``degree()``.
 * Block-wise helpers working on an escnn :class:`BlocksBasisExpansion`: :func:`expand_blocks` expands a
   batch of coefficient vectors — optionally one per kernel position — and :func:`projection_gram`
@@ -19,13 +21,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from escnn.group import O2, SO2, DihedralGroup, Group, GroupElement
-from escnn.gspaces import GSpace, GSpace2D
+from escnn.group import O2, O3, SO2, SO3, DihedralGroup, Group, GroupElement, Icosahedral, Octahedral
+from escnn.gspaces import GSpace, GSpace2D, GSpace3D
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 from escnn.nn.modules.basismanager import BlocksBasisExpansion
-from escnn.nn.modules.conv.r2convolution import R2Conv, compute_basis_params
+from escnn.nn.modules.conv.r2convolution import R2Conv
+from escnn.nn.modules.conv.r2convolution import compute_basis_params as compute_basis_params_2d
+from escnn.nn.modules.conv.r3convolution import R3Conv
+from escnn.nn.modules.conv.r3convolution import compute_basis_params as compute_basis_params_3d
 from escnn.nn.modules.conv.rd_convolution import get_grid_coords
-from torch.nn.functional import conv2d, pad
+from torch.nn.functional import conv2d, conv3d, pad
 
 from escnn_soft.metrics.equivariance import equivariance_error, is_grid_exact
 from escnn_soft.nn.base import SoftModule
@@ -34,7 +39,11 @@ from escnn_soft.subgroups import default_subgroups
 from escnn_soft.subgroups import subgroup as escnn_soft_subgroup
 
 __all__ = [
+    "SoftConvBase",
     "SoftR2ConvBase",
+    "SoftR3ConvBase",
+    "centred_coordinates",
+    "contains_rotations",
     "bessel_j0",
     "expand_blocks",
     "factorize_",
@@ -53,8 +62,19 @@ __all__ = [
 
 
 def trivial_subgroup_id(group: Group) -> Any:
-    """The escnn id of the trivial subgroup of a planar fibre group (C_N, D_N, SO(2), O(2))."""
+    """The escnn id of the trivial subgroup of a fibre group: planar (C_N, D_N, SO(2), O(2)) or 3D (SO(3), O(3))."""
+    if isinstance(group, SO3):
+        return (False, 1)
+    if isinstance(group, O3):
+        return (False, False, 1)
+    if isinstance(group, (Octahedral, Icosahedral)):
+        return (False, 1)
     return (None, 1) if isinstance(group, (DihedralGroup, O2)) else 1
+
+
+def contains_rotations(subgroup: Group) -> bool:
+    """True when ``subgroup`` (escnn) contains every rotation of its space: SO(2)/O(2) in 2D, SO(3)/O(3) in 3D."""
+    return isinstance(subgroup, (SO2, O2, SO3, O3))
 
 
 def _subgroup_examples(group: Group) -> str:
@@ -65,6 +85,11 @@ def _subgroup_examples(group: Group) -> str:
                 "(None, 1) trivial")
     if isinstance(group, SO2):
         return "M > 0 for C_M, -1 for SO(2), 1 trivial"
+    if isinstance(group, SO3):
+        return "'octa' for the octahedral group, 'ico', (False, M) for C_M about z, (False, -1) for SO(2), (False, 1) trivial"
+    if isinstance(group, O3):
+        return ("'so3' for SO(3), (False, 'octa') for the octahedral rotations, (True, 'octa') for the full octahedral "
+                "group, (False, False, 1) trivial")
     return f"a divisor M of {group.order()} for C_M, 1 trivial"
 
 
@@ -79,17 +104,37 @@ def resolve_subgroup(gspace: GSpace, subgroup_id: Any, argname: str = "relaxed_s
         ValueError: ``subgroup_id`` is not an escnn subgroup id of the fibre group.
     """
     group = gspace.fibergroup
+    trivial = subgroup_id is None
     if subgroup_id is None:
         subgroup_id = trivial_subgroup_id(group)
     try:
         subgroup, inclusion, _ = group.subgroup(subgroup_id)
+    except Exception as err:  # escnn signals bad ids with AssertionError, TypeError, ValueError, ...
+        detail = str(err).strip() or type(err).__name__
+        raise ValueError(f"{argname}: {subgroup_id!r} is not a subgroup id of the layer's group {group.name} "
+                         f"({detail}); pass an escnn subgroup id of {group.name}, e.g. "
+                         f"{_subgroup_examples(group)}") from err
+    try:
         gspace.restrict(subgroup_id)
+    except NotImplementedError as err:
+        if trivial or subgroup.order() == 1:
+            return subgroup_id, subgroup, inclusion   # the trivial subgroup needs no restriction (see _trivial_gspace)
+        raise ValueError(f"{argname}: {subgroup_id!r}: escnn's gspace {gspace} cannot restrict to subgroups (escnn "
+                         f"raises NotImplementedError); pass relaxed_subgroup=None (the trivial group), or build the "
+                         f"layer on a gspace of a larger group (e.g. escnn.gspaces.rot3dOnR3() with "
+                         f"relaxed_subgroup='octa')") from err
     except Exception as err:  # escnn signals bad ids with AssertionError, TypeError, ValueError, ...
         detail = str(err).strip() or type(err).__name__
         raise ValueError(f"{argname}: {subgroup_id!r} is not a subgroup id of the layer's group {group.name} "
                          f"({detail}); pass an escnn subgroup id of {group.name}, e.g. "
                          f"{_subgroup_examples(group)}") from err
     return subgroup_id, subgroup, inclusion
+
+
+def _trivial_gspace(dim: int) -> GSpace:
+    from escnn import gspaces
+
+    return gspaces.trivialOnR2() if dim == 2 else gspaces.trivialOnR3()
 
 
 def subgroup_test_elements(gspace: GSpace, subgroup_id: Any) -> list[GroupElement]:
@@ -106,19 +151,40 @@ def subgroup_test_elements(gspace: GSpace, subgroup_id: Any) -> list[GroupElemen
 
 
 def subgroup_matrices(gspace: GSpace, subgroup_id: Any) -> np.ndarray | None:
-    """The base-space matrices of all elements of a finite subgroup (``|S| x 2 x 2``); ``None`` if continuous."""
+    """The base-space matrices of all elements of a finite subgroup (``|S| x d x d``).
+
+    ``None`` for a subgroup containing every rotation (SO(2), O(2) in 2D; SO(3), O(3) in 3D), whose averages are
+    taken in closed form. For another continuous subgroup (e.g. SO(2) about an axis in 3D) the matrices of its
+    grid-exact elements, closed under products: the finite subgroup that maps the grid onto itself.
+    """
     subgroup, inclusion, _ = gspace.fibergroup.subgroup(subgroup_id)
-    if subgroup.continuous:
+    if contains_rotations(subgroup):
         return None
-    return np.stack([np.asarray(gspace.basespace_action(inclusion(s)), dtype=np.float64)
-                     for s in subgroup.elements])
+    if not subgroup.continuous:
+        return np.stack([np.asarray(gspace.basespace_action(inclusion(s)), dtype=np.float64)
+                         for s in subgroup.elements])
+    mats = [np.eye(gspace.dimensionality)]
+    for s in subgroup.testing_elements():
+        h = inclusion(s)
+        if is_grid_exact(gspace, h):
+            mats.append(np.round(np.asarray(gspace.basespace_action(h), dtype=np.float64)))
+    closed: list[np.ndarray] = []
+    frontier = mats
+    while frontier:
+        new = []
+        for a in frontier:
+            if not any(np.array_equal(a, c) for c in closed):
+                closed.append(a)
+                new.extend(a @ b for b in mats)
+        frontier = new
+    return np.stack(closed)
 
 
 def orbit_classes(points: np.ndarray, matrices: np.ndarray | None, tol: float = 1e-6) -> np.ndarray:
-    """Label the kernel grid ``points`` (``P x 2``) by their orbits under a subgroup.
+    """Label the kernel grid ``points`` (``P x d``) by their orbits under a subgroup.
 
-    ``matrices=None`` stands for a subgroup containing SO(2): the orbits are circles, so points of equal
-    radius share a label. Otherwise two points share a label when one of the matrices maps one onto the
+    ``matrices=None`` stands for a subgroup containing every rotation (SO(2) in 2D, SO(3) in 3D): the orbits are
+    circles or spheres, so points of equal radius share a label. Otherwise two points share a label when one of the matrices maps one onto the
     other (transitive closure by union-find); points that no element maps onto the grid stay alone.
 
     Returns:
@@ -229,9 +295,11 @@ def factorize_(expansion: BlocksBasisExpansion) -> BlocksBasisExpansion:
             bidx = torch.as_tensor(np.stack([bs for bs, _ in members]), dtype=torch.long)
             eidx = np.stack([es for _, es in members])
             sub = basis[bidx[:, :, None], torch.as_tensor(eidx, dtype=torch.long)[:, None, :]]  # (G, nb, ne, P)
+            sub = sub.reshape(len(members), bidx.shape[1], -1)
+            if bool((sub == sub[:1]).all()):
+                sub = sub[:1]  # every component has the same sub-basis (e.g. the trivial subgroup): one matmul
             expansion.register_buffer(f"_factor_b_{j}_{c}", bidx, persistent=False)
-            expansion.register_buffer(f"_factor_basis_{j}_{c}", sub.reshape(len(members), bidx.shape[1], -1)
-                                      .contiguous(), persistent=False)
+            expansion.register_buffer(f"_factor_basis_{j}_{c}", sub.contiguous(), persistent=False)
             order.append(eidx.reshape(-1))
         order = np.concatenate(order)
         # position of every (out, in) entry in the concatenated component outputs; untouched entries read a zero
@@ -251,7 +319,10 @@ def _factored(expansion: BlocksBasisExpansion, j: int, c: torch.Tensor) -> torch
     for k in range(n_classes):
         bidx = expansion._buffers[f"_factor_b_{j}_{k}"]
         sub = expansion._buffers[f"_factor_basis_{j}_{k}"]
-        parts.append(torch.einsum("fgb,gbe->fge", c[:, bidx], sub).reshape(c.shape[0], -1))
+        if sub.shape[0] == 1:
+            parts.append((c[:, bidx] @ sub[0]).reshape(c.shape[0], -1))
+        else:
+            parts.append(torch.einsum("fgb,gbe->fge", c[:, bidx], sub).reshape(c.shape[0], -1))
     p = expansion.S
     parts.append(c.new_zeros(c.shape[0], p))
     flat = torch.cat(parts, dim=1).reshape(c.shape[0], -1, p)
@@ -403,15 +474,16 @@ def _positive_log(value: float, argname: str, allow_zero: bool, allow_inf: bool)
     return math.log(v) if v > 0 else -math.inf
 
 
-class SoftR2ConvBase(EquivariantModule, SoftModule):
-    """Strict G-steerable planar convolution plus a relaxation defined by the subclass.
+class SoftConvBase(EquivariantModule, SoftModule):
+    """Strict G-steerable convolution on R^d (``_dim`` = 2 or 3) plus a relaxation defined by the subclass.
 
-    The strict part is the one of :class:`escnn.nn.R2Conv` with the same arguments: ``weights`` are the
+    The strict part is the one of :class:`escnn.nn.R2Conv` (d = 2) or :class:`escnn.nn.R3Conv` (d = 3) with the
+    same arguments: ``weights`` are the
     coefficients of the sampled G-steerable basis (``basisexpansion``, private to this layer), ``bias``
     the coefficients of the trivial output fields. Subclasses implement ``_expand()`` (the filter and
     bias to convolve with) and may override ``forward``. ``recompute`` is accepted for signature
-    compatibility only (the basis is always private, as with ``recompute=True``); ``maximum_offset`` is
-    only passed on by :meth:`to_r2conv` (escnn's ``R2Conv`` does not use it either).
+    compatibility only (the basis is always private, as with ``recompute=True``); ``maximum_offset`` (2D only) is
+    only passed on by :meth:`to_conv` (escnn's ``R2Conv`` does not use it either).
 
     The expanded filter is cached in eval mode, as a non-persistent buffer (never in the
     ``state_dict``), and rebuilt when a parameter changes (optimiser step, ``load_state_dict``,
@@ -421,6 +493,7 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
     """
 
     method: str = ""
+    _dim: int = 2
 
     def __init__(self, in_type: FieldType, out_type: FieldType, kernel_size: int, padding: int | tuple = 0,
                  stride: int = 1, dilation: int = 1, padding_mode: str = "zeros", groups: int = 1,
@@ -438,11 +511,15 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
         if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
             raise ValueError(f"padding_mode: {padding_mode!r} is not one of 'zeros', 'reflect', 'replicate', "
                              "'circular'")
-        pad2 = (padding, padding) if isinstance(padding, int) else padding
-        if not (isinstance(pad2, tuple) and len(pad2) == 2
+        d = self._dim
+        pad2 = (padding,) * d if isinstance(padding, int) and not isinstance(padding, bool) else padding
+        if not (isinstance(pad2, tuple) and len(pad2) == d
                 and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pad2)):
-            raise ValueError(f"padding: expected an int >= 0 or a tuple of 2 such ints, got {padding!r}; "
+            raise ValueError(f"padding: expected an int >= 0 or a tuple of {d} such ints, got {padding!r}; "
                              "use e.g. padding=kernel_size // 2")
+        if maximum_offset is not None and d != 2:
+            raise ValueError(f"maximum_offset: {maximum_offset!r} is an R2Conv argument; escnn's R3Conv has none, "
+                             "leave it unset (None)")
         if groups > 1 and (len(in_type) % groups or len(out_type) % groups):
             raise ValueError(f"groups: {groups} does not divide the number of fields of in_type ({len(in_type)}) "
                              f"and out_type ({len(out_type)}); pass a common divisor")
@@ -456,19 +533,23 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
         self.dilation = dilation
         self.padding_mode = padding_mode
         self.groups = groups
-        self._pad2 = pad2
-        self._reversed_padding_repeated_twice = (pad2[1], pad2[1], pad2[0], pad2[0])
-        # the R2Conv arguments, for to_r2conv()
+        self._pad2 = pad2  # the padding per spatial dimension (named for the 2D layers; d entries)
+        self._reversed_padding_repeated_twice = tuple(q for p in reversed(pad2) for q in (p, p))
+        self._kernel_shape = (kernel_size,) * d
+        # the escnn R2Conv / R3Conv arguments, for to_conv()
         self._r2conv_kwargs = {
             "padding": padding, "stride": stride, "dilation": dilation, "padding_mode": padding_mode,
             "groups": groups, "bias": bias, "sigma": sigma, "frequencies_cutoff": frequencies_cutoff,
-            "rings": rings, "maximum_offset": maximum_offset, "basis_filter": basis_filter,
+            "rings": rings, "basis_filter": basis_filter,
         }
+        if d == 2:
+            self._r2conv_kwargs["maximum_offset"] = maximum_offset
 
-        filt, self._rings, self._sigma, self._maximum_frequency = compute_basis_params(
+        compute = compute_basis_params_2d if d == 2 else compute_basis_params_3d
+        filt, self._rings, self._sigma, self._maximum_frequency = compute(
             kernel_size, frequencies_cutoff, rings, sigma, dilation, basis_filter)
         self._basis_filter = filt
-        self._grid = get_grid_coords(2, kernel_size, dilation)
+        self._grid = get_grid_coords(d, kernel_size, dilation)
         in_group_type = in_type.index_select(list(range(len(in_type) // groups))) if groups > 1 else in_type
         self._in_group_type = in_group_type
         self._basisexpansion = self._private_expansion(self.space, in_group_type, out_type)
@@ -490,8 +571,8 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
 
     # -- construction helpers ------------------------------------------------------------------------
 
-    @staticmethod
-    def _check_types(in_type: Any, out_type: Any) -> None:
+    @classmethod
+    def _check_types(cls, in_type: Any, out_type: Any) -> None:
         for name, t in (("in_type", in_type), ("out_type", out_type)):
             if not isinstance(t, FieldType):
                 raise TypeError(f"{name}: expected an escnn FieldType, got {type(t).__name__}; build one with "
@@ -499,10 +580,14 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
         if in_type.gspace != out_type.gspace:
             raise ValueError(f"out_type: its gspace {out_type.gspace} differs from in_type's gspace "
                              f"{in_type.gspace}; build both field types on the same gspace object")
-        if not isinstance(in_type.gspace, GSpace2D):
+        if cls._dim == 2 and not isinstance(in_type.gspace, GSpace2D):
             raise ValueError(  # noqa: TRY004 -- a FieldType of the wrong gspace is a bad value
                 f"in_type: gspace {in_type.gspace} does not act on the plane; use a planar gspace "
-                "(escnn.gspaces.rot2dOnR2, flipRot2dOnR2, ...)")
+                "(escnn.gspaces.rot2dOnR2, flipRot2dOnR2, ...), or the 3D layer (R3 in its name) for a 3D gspace")
+        if cls._dim == 3 and not isinstance(in_type.gspace, GSpace3D):
+            raise ValueError(  # noqa: TRY004 -- a FieldType of the wrong gspace is a bad value
+                f"in_type: gspace {in_type.gspace} does not act on R^3; use a 3D gspace (escnn.gspaces.rot3dOnR3, "
+                "flipRot3dOnR3, octaOnR3, ...), or the planar layer (R2 in its name) for a 2D gspace")
 
     def _private_expansion(self, gspace: GSpace, in_type: FieldType, out_type: FieldType) -> BlocksBasisExpansion:
         """A private sampled basis of steerable kernels between ``in_type`` and ``out_type`` on ``gspace``."""
@@ -515,8 +600,16 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
     def _subgroup_expansion(self) -> BlocksBasisExpansion:
         """The steerable basis of the relaxed subgroup S between the restricted field types."""
         sid = self.relaxed_subgroup
-        gspace_s = self.space.restrict(sid)[0]
-        expansion = self._private_expansion(gspace_s, self._in_group_type.restrict(sid), self.out_type.restrict(sid))
+        try:
+            gspace_s = self.space.restrict(sid)[0]
+            in_s, out_s = self._in_group_type.restrict(sid), self.out_type.restrict(sid)
+        except NotImplementedError:
+            # a gspace that cannot restrict (escnn's octaOnR3), with S trivial: the trivial group's basis between
+            # the channels; it spans the same band-limited filters as the restricted types would
+            gspace_s = _trivial_gspace(self._dim)
+            in_s = FieldType(gspace_s, [gspace_s.trivial_repr] * self._in_group_type.size)
+            out_s = FieldType(gspace_s, [gspace_s.trivial_repr] * self.out_type.size)
+        expansion = self._private_expansion(gspace_s, in_s, out_s)
         if expansion.dimension() == 0:
             raise ValueError(f"relaxed_subgroup: the {self._subgroup.name}-steerable basis is empty for these "
                              "field types; raise kernel_size or frequencies_cutoff")
@@ -550,8 +643,13 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
         return self._basisexpansion
 
     @classmethod
-    def from_r2conv(cls, conv: R2Conv, **kwargs: Any) -> SoftR2ConvBase:
-        """A soft layer whose strict part copies an :class:`escnn.nn.R2Conv` (weights and bias).
+    def _strict_class(cls) -> type:
+        return R2Conv if cls._dim == 2 else R3Conv
+
+    @classmethod
+    def from_conv(cls, conv: R2Conv | R3Conv, **kwargs: Any) -> SoftConvBase:
+        """A soft layer whose strict part copies an :class:`escnn.nn.R2Conv` (2D) or :class:`escnn.nn.R3Conv`
+        (3D; weights and bias).
 
         ``kwargs`` are the soft layer's own arguments; pass ``frequencies_cutoff`` / ``basis_filter``
         too if ``conv`` was built with non-default ones (escnn does not store them).
@@ -559,8 +657,9 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
         Raises:
             ValueError: the layer built from ``conv``'s arguments has a different steerable basis.
         """
-        if not isinstance(conv, R2Conv):
-            raise TypeError(f"conv: expected an escnn.nn.R2Conv, got {type(conv).__name__}")
+        strict_cls = cls._strict_class()
+        if not isinstance(conv, strict_cls):
+            raise TypeError(f"conv: expected an escnn.nn.{strict_cls.__name__}, got {type(conv).__name__}")
         kwargs.setdefault("initialize", False)
         layer = cls(conv.in_type, conv.out_type, conv.kernel_size, padding=conv.padding, stride=conv.stride,
                     dilation=conv.dilation, padding_mode=conv.padding_mode, groups=conv.groups,
@@ -579,14 +678,14 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
                 layer.bias.copy_(conv.bias)
         return layer
 
-    def to_r2conv(self) -> R2Conv:
-        """The strict :class:`escnn.nn.R2Conv` closest to this layer's stationary filter.
+    def to_conv(self) -> R2Conv | R3Conv:
+        """The strict :class:`escnn.nn.R2Conv` / :class:`escnn.nn.R3Conv` closest to this layer's stationary filter.
 
         Its weights are the least-squares coefficients (on the sampled grid) of :meth:`stationary_filter`
         in the G-steerable basis; the bias is copied.
         """
-        conv = R2Conv(self.in_type, self.out_type, self.kernel_size, recompute=True, initialize=False,
-                      **self._r2conv_kwargs)
+        conv = self._strict_class()(self.in_type, self.out_type, self.kernel_size, recompute=True, initialize=False,
+                                    **self._r2conv_kwargs)
         ref = self.weights
         conv.to(device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
@@ -600,9 +699,9 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
     # -- filters -------------------------------------------------------------------------------------
 
     def strict_filter(self) -> torch.Tensor:
-        """The G-steerable filter :math:`K_G = \\sum_b w_b B_b` of shape ``(C_out, C_in/groups, k, k)``."""
+        """The G-steerable filter :math:`K_G = \\sum_b w_b B_b` of shape ``(C_out, C_in/groups, k, k[, k])``."""
         filt = self._basisexpansion(self.weights)
-        return filt.reshape(filt.shape[0], filt.shape[1], self.kernel_size, self.kernel_size)
+        return filt.reshape(filt.shape[0], filt.shape[1], *self._kernel_shape)
 
     def strict_bias(self) -> torch.Tensor | None:
         """The expanded equivariant bias (``None`` without bias)."""
@@ -638,7 +737,7 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
             self._cache_key = key
         return self._cached_filter, self._cached_bias
 
-    def train(self, mode: bool = True) -> SoftR2ConvBase:
+    def train(self, mode: bool = True) -> SoftConvBase:
         """Set the mode; entering training mode drops the eval cache."""
         if mode:
             self._cached_filter = None
@@ -647,10 +746,11 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
         return super().train(mode)
 
     def _conv(self, x: torch.Tensor, filt: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        conv = conv2d if self._dim == 2 else conv3d
         if self.padding_mode == "zeros":
-            return conv2d(x, filt, bias, self.stride, self._pad2, self.dilation, self.groups)
-        return conv2d(pad(x, self._reversed_padding_repeated_twice, self.padding_mode), filt, bias, self.stride,
-                      0, self.dilation, self.groups)
+            return conv(x, filt, bias, self.stride, self._pad2, self.dilation, self.groups)
+        return conv(pad(x, self._reversed_padding_repeated_twice, self.padding_mode), filt, bias, self.stride,
+                    0, self.dilation, self.groups)
 
     def _check_input(self, x: Any) -> None:
         if not isinstance(x, GeometricTensor):
@@ -666,19 +766,25 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
         return GeometricTensor(self._conv(input.tensor, filt, bias), self.out_type)
 
     def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        if len(input_shape) != 4 or input_shape[1] != self.in_type.size:
-            raise ValueError(f"input_shape: expected (batch, {self.in_type.size}, H, W), got {tuple(input_shape)}")
+        if len(input_shape) != 2 + self._dim or input_shape[1] != self.in_type.size:
+            dims = "H, W" if self._dim == 2 else "D, H, W"
+            raise ValueError(f"input_shape: expected (batch, {self.in_type.size}, {dims}), got {tuple(input_shape)}")
         extent = self.dilation * (self.kernel_size - 1) + 1
         size = [(w + 2 * p - extent) // self.stride + 1 for w, p in zip(input_shape[2:], self._pad2)]
         return (input_shape[0], self.out_type.size, *size)
 
+    def _plain_conv(self, out_channels: int, bias: bool) -> torch.nn.Module:
+        """A plain :class:`torch.nn.Conv2d` / :class:`torch.nn.Conv3d` with this layer's geometry."""
+        cls = torch.nn.Conv2d if self._dim == 2 else torch.nn.Conv3d
+        return cls(self.in_type.size, out_channels, self.kernel_size, stride=self.stride, padding=self._pad2,
+                   dilation=self.dilation, groups=self.groups, bias=bias, padding_mode=self.padding_mode)
+
     def export(self) -> torch.nn.Module:
-        """A plain :class:`torch.nn.Conv2d` with this layer's current filter and bias."""
+        """A plain :class:`torch.nn.Conv2d` (:class:`torch.nn.Conv3d` in 3D) with this layer's current filter and
+        bias."""
         with torch.no_grad():
             filt, bias = self._expand()
-        conv = torch.nn.Conv2d(self.in_type.size, self.out_type.size, self.kernel_size, stride=self.stride,
-                               padding=self._pad2, dilation=self.dilation, groups=self.groups,
-                               bias=bias is not None, padding_mode=self.padding_mode)
+        conv = self._plain_conv(self.out_type.size, bias is not None)
         conv.to(device=filt.device, dtype=filt.dtype)
         with torch.no_grad():
             conv.weight.copy_(filt)
@@ -689,7 +795,7 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
     # -- degree ----------------------------------------------------------------------------------------
 
     def _nonequivariant_fraction(self, filt: torch.Tensor) -> float:
-        """:math:`\\lVert K - P_G K\\rVert / \\lVert K\\rVert` for one filter ``(C_out, C_in, k, k)``."""
+        """:math:`\\lVert K - P_G K\\rVert / \\lVert K\\rVert` for one filter ``(C_out, C_in, k, ...)``."""
         flat = filt.detach().reshape(1, filt.shape[0], filt.shape[1], -1)
         total = float(flat.to(torch.float64).pow(2).sum())
         if total == 0.0:
@@ -701,7 +807,7 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
         """An odd input size whose output grid is centred (so grid-exact elements act exactly)."""
         extent = self.dilation * (self.kernel_size - 1) + 1
         pad_total = 2 * max(self._pad2)
-        n = max(17, extent + 4 * self.stride)
+        n = max(17 if self._dim == 2 else 9, extent + 4 * self.stride)
         while n % 2 == 0 or (n + pad_total - extent) % self.stride:
             n += 1
         return n
@@ -723,9 +829,10 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
         ref = self.weights
         n = self._probe_size()
         gen = torch.Generator().manual_seed(0)
-        big = torch.randn(2, self.in_type.size, n + self.stride, n + self.stride, generator=gen, dtype=torch.float64)
+        d, st = self._dim, self.stride
+        big = torch.randn(2, self.in_type.size, *(n + st,) * d, generator=gen, dtype=torch.float64)
         big = big.to(device=ref.device, dtype=ref.dtype)
-        x = GeometricTensor(big[..., :n, :n], self.in_type)
+        x = GeometricTensor(big[(..., *(slice(0, n),) * d)], self.in_type)
         errors: dict[str, float | None] = {}
         for label, sid in self._subgroup_labels():
             elements = subgroup_test_elements(self.space, sid)
@@ -733,12 +840,12 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
                 errors[label] = float(np.mean(list(equivariance_error(self, x, elements).values())))
         # translation by one output pixel: compare away from the zero-padded border
         ya = self(x).tensor
-        yb = self(GeometricTensor(big[..., self.stride:, self.stride:].contiguous(), self.in_type)).tensor
-        crop = -(-max(self._pad2) // self.stride)
+        yb = self(GeometricTensor(big[(..., *(slice(st, None),) * d)].contiguous(), self.in_type)).tensor
+        crop = -(-max(self._pad2) // st)
         m = ya.shape[-1]
         if m - 1 - 2 * crop > 0:
-            a = ya[..., crop + 1:m - crop, crop + 1:m - crop]
-            b = yb[..., crop:m - 1 - crop, crop:m - 1 - crop]
+            a = ya[(..., *(slice(crop + 1, m - crop),) * d)]
+            b = yb[(..., *(slice(crop, m - 1 - crop),) * d)]
             translation = float((a - b).norm() / a.norm().clamp_min(torch.finfo(a.dtype).tiny))
         else:
             translation = None
@@ -761,3 +868,50 @@ class SoftR2ConvBase(EquivariantModule, SoftModule):
         if self._relaxed_subgroup_given:
             s += f", relaxed_subgroup={self.relaxed_subgroup!r}"
         return s
+
+
+class SoftR2ConvBase(SoftConvBase):
+    """:class:`SoftConvBase` on the plane (escnn ``R2Conv`` arguments and basis)."""
+
+    _dim = 2
+
+    @classmethod
+    def from_r2conv(cls, conv: R2Conv, **kwargs: Any) -> SoftR2ConvBase:
+        """:meth:`SoftConvBase.from_conv` for an :class:`escnn.nn.R2Conv`."""
+        return cls.from_conv(conv, **kwargs)
+
+    def to_r2conv(self) -> R2Conv:
+        """:meth:`SoftConvBase.to_conv`: the closest strict :class:`escnn.nn.R2Conv`."""
+        return self.to_conv()
+
+
+class SoftR3ConvBase(SoftConvBase):
+    """:class:`SoftConvBase` on R^3 (escnn ``R3Conv`` arguments and basis; no ``maximum_offset``)."""
+
+    _dim = 3
+
+    @classmethod
+    def from_r3conv(cls, conv: R3Conv, **kwargs: Any) -> SoftR3ConvBase:
+        """:meth:`SoftConvBase.from_conv` for an :class:`escnn.nn.R3Conv`."""
+        return cls.from_conv(conv, **kwargs)
+
+    def to_r3conv(self) -> R3Conv:
+        """:meth:`SoftConvBase.to_conv`: the closest strict :class:`escnn.nn.R3Conv`."""
+        return self.to_conv()
+
+
+def centred_coordinates(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Output-pixel positions ``(prod(shape), d)`` in escnn's frame, centred on the grid centre and scaled so that
+    the outermost pixel centres of the longest side sit at ±1.
+
+    escnn's frame: for a 2D map ``(H, W)``, x runs along W and y against H; for a 3D map ``(D, H, W)``, x runs
+    along W, y against H and z against D (checked against ``GeometricTensor.transform``).
+    """
+    scale = max(max(shape) - 1, 2) / 2
+    axes = [(torch.arange(n, device=like.device, dtype=like.dtype) - (n - 1) / 2) / scale for n in shape]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    if len(shape) == 2:
+        rows, cols = grids
+        return torch.stack([cols.reshape(-1), -rows.reshape(-1)], dim=1)
+    depth, rows, cols = grids
+    return torch.stack([cols.reshape(-1), -rows.reshape(-1), -depth.reshape(-1)], dim=1)

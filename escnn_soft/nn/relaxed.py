@@ -14,72 +14,104 @@ import torch
 from escnn.nn import FieldType, GeometricTensor
 
 from escnn_soft.nn._relaxation import (
+    SoftConvBase,
     SoftR2ConvBase,
+    SoftR3ConvBase,
     _positive_log,
     bessel_j0,
+    centred_coordinates,
     expand_blocks,
     projection_gram,
     subgroup_matrices,
 )
 
-__all__ = ["RelaxedConv2dExport", "RelaxedR2Conv", "position_features"]
-
-
-def _centred_coordinates(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
-    """Output-pixel positions ``(H*W, 2)`` in escnn's frame (x right, y up), centred on the grid centre and
-    scaled so that the outermost pixel centres of the longer side sit at ±1."""
-    scale = max(max(height, width) - 1, 2) / 2
-    rows = (torch.arange(height, device=like.device, dtype=like.dtype) - (height - 1) / 2) / scale
-    cols = (torch.arange(width, device=like.device, dtype=like.dtype) - (width - 1) / 2) / scale
-    yy, xx = torch.meshgrid(-rows, cols, indexing="ij")
-    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+__all__ = ["RelaxedConv2dExport", "RelaxedConvExport", "RelaxedR2Conv", "RelaxedR3Conv", "position_features",
+           "position_features_nd"]
 
 
 def position_features(height: int, width: int, frequencies: torch.Tensor, phases: torch.Tensor,
                       log_lengthscale: torch.Tensor, matrices: torch.Tensor | None) -> torch.Tensor:
-    """The S-invariant, centre-anchored random Fourier features :math:`\\psi_m(u)` on an output grid.
+    """:func:`position_features_nd` on a planar ``(height, width)`` output grid."""
+    return position_features_nd((height, width), frequencies, phases, log_lengthscale, matrices)
+
+
+def position_features_nd(shape: tuple[int, ...], frequencies: torch.Tensor, phases: torch.Tensor,
+                         log_lengthscale: torch.Tensor, matrices: torch.Tensor | None) -> torch.Tensor:
+    """The S-invariant, centre-anchored random Fourier features :math:`\\psi_m(u)` on an output grid of
+    ``shape`` (2 or 3 dimensions, :func:`~escnn_soft.nn._relaxation.centred_coordinates`).
 
     .. math::
         f_m(u) = \\sqrt{2/M}\\,\\big(\\cos(\\omega_m \\cdot u / \\ell + \\beta_m) - \\cos\\beta_m\\big), \\qquad
         \\psi_m(u) = \\frac{1}{|S|} \\sum_{g \\in S} f_m(A_g u)
 
-    for finite S (``matrices`` = the base-space matrices :math:`A_g`), and the Haar average
-    :math:`\\psi_m(u) = \\sqrt{2/M}\\cos\\beta_m\\,(J_0(\\lVert\\omega_m\\rVert \\lVert u\\rVert / \\ell) - 1)`
-    for S ⊇ SO(2) (``matrices=None``). :math:`\\psi_m(0) = 0` and :math:`\\psi_m \\to 0` as
-    :math:`\\ell \\to \\infty`.
+    for finite S (``matrices`` = the base-space matrices :math:`A_g`), and the Haar average over all rotations
+    for S ⊇ SO(2) in 2D, :math:`\\psi_m(u) = \\sqrt{2/M}\\cos\\beta_m\\,(J_0(\\lVert\\omega_m\\rVert \\lVert u\\rVert
+    / \\ell) - 1)`, or S ⊇ SO(3) in 3D, :math:`\\psi_m(u) = \\sqrt{2/M}\\cos\\beta_m\\,(\\operatorname{sinc}
+    (\\lVert\\omega_m\\rVert \\lVert u\\rVert / \\ell) - 1)` with :math:`\\operatorname{sinc} x = \\sin x / x`
+    (``matrices=None``). :math:`\\psi_m(0) = 0` and :math:`\\psi_m \\to 0` as :math:`\\ell \\to \\infty`.
 
     Returns:
-        ``(M, height, width)``.
+        ``(M, *shape)``.
     """
     m = frequencies.shape[0]
-    u = _centred_coordinates(height, width, frequencies)
+    u = centred_coordinates(tuple(shape), frequencies)
     inv_l = torch.exp(-log_lengthscale)
     amp = math.sqrt(2.0 / m)
     if matrices is None:
         arg = torch.linalg.vector_norm(u, dim=1)[:, None] * torch.linalg.vector_norm(frequencies, dim=1)[None, :]
-        feats = amp * torch.cos(phases) * (bessel_j0(arg * inv_l) - 1.0)
+        if u.shape[1] == 2:
+            feats = amp * torch.cos(phases) * (bessel_j0(arg * inv_l) - 1.0)
+        else:
+            feats = amp * torch.cos(phases) * (torch.sinc(arg * inv_l / math.pi) - 1.0)
     else:
         # omega . (A u) = (A^T omega) . u
         rotated = torch.einsum("sdc,md->smc", matrices, frequencies)
         arg = torch.einsum("pc,smc->psm", u, rotated) * inv_l + phases
         feats = amp * (torch.cos(arg) - torch.cos(phases)).mean(1)
-    return feats.T.reshape(m, height, width)
+    return feats.T.reshape(m, *shape)
+
+
+class _BankCombine(torch.autograd.Function):
+    """:math:`y_0 + \\sum_l g_l\\, y_l` for the bank outputs ``y`` ``(B, G, L+1, O, P)`` and gains ``g`` ``(L, P)``.
+
+    The backward writes the gradient of the stacked ``y`` once (autograd's backward of the slices ``y_l`` would
+    zero-fill and copy a tensor of the size of ``y`` per slice). Built from differentiable operations, so that it
+    can itself be differentiated (``create_graph=True``, as the Laplace evidence needs)."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(y, gains)
+        out = y[:, :, 0]
+        for l in range(gains.shape[0]):
+            out = torch.addcmul(out, y[:, :, l + 1], gains[l])
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, gains = ctx.saved_tensors
+        grad_y = torch.stack([grad, *(grad * gains[l] for l in range(gains.shape[0]))], dim=2)
+        grad_g = None
+        if ctx.needs_input_grad[1]:
+            n = grad.shape[-1]
+            grad_g = torch.stack([(grad.reshape(-1, n) * y[:, :, l + 1].reshape(-1, n)).sum(0)
+                                  for l in range(gains.shape[0])])
+        return grad_y, grad_g
 
 
 def _combine(y: torch.Tensor, gains: torch.Tensor, banks: int, groups: int, bias: torch.Tensor | None
              ) -> torch.Tensor:
-    """:math:`y_0 + \\sum_l g_l(u)\\, y_l (+ b)` for the bank outputs ``y``, whose channels are ordered
-    (conv group, bank, output channel of the group)."""
-    b, c, h, w = y.shape
-    y = y.reshape(b, groups, banks + 1, c // (groups * (banks + 1)), h, w)
-    out = y[:, :, 0] + torch.einsum("bglohw,lhw->bgohw", y[:, :, 1:], gains)
-    out = out.reshape(b, -1, h, w)
+    """:math:`y_0 + \\sum_l g_l(u)\\, y_l (+ b)` for the bank outputs ``y`` (``(B, C, *spatial)``), whose channels
+    are ordered (conv group, bank, output channel of the group)."""
+    b, c = y.shape[:2]
+    spatial = y.shape[2:]
+    y = y.reshape(b, groups, banks + 1, c // (groups * (banks + 1)), -1)
+    out = _BankCombine.apply(y, gains.reshape(banks, -1)).reshape(b, -1, *spatial)
     if bias is not None:
-        out = out + bias.reshape(1, -1, 1, 1)
+        out = out + bias.reshape(1, -1, *(1,) * len(spatial))
     return out
 
 
-class RelaxedR2Conv(SoftR2ConvBase):
+class _RelaxedConv(SoftConvBase):
     """Steerable convolution with a smooth, non-stationary relaxation over a subgroup S.
 
     With :math:`u` the (centred, normalised) absolute output position and :math:`z` the kernel offset,
@@ -161,7 +193,7 @@ class RelaxedR2Conv(SoftR2ConvBase):
                                                 requires_grad=learn_hyperparameters and math.isfinite(log_a))
         self.log_lengthscale = torch.nn.Parameter(torch.tensor(log_l),
                                                   requires_grad=learn_hyperparameters and math.isfinite(log_l))
-        self.register_buffer("rff_frequencies", torch.randn(num_features, 2))
+        self.register_buffer("rff_frequencies", torch.randn(num_features, self._dim))
         self.register_buffer("rff_phases", 2 * math.pi * torch.rand(num_features))
         matrices = subgroup_matrices(self.space, self.relaxed_subgroup)
         self.register_buffer("_subgroup_matrices", None if matrices is None else
@@ -189,7 +221,7 @@ class RelaxedR2Conv(SoftR2ConvBase):
 
     def _relaxation_filters(self, coefficients: torch.Tensor) -> torch.Tensor:
         filt = expand_blocks(self._relaxation_expansion, coefficients)
-        return filt.reshape(*filt.shape[:3], self.kernel_size, self.kernel_size)
+        return filt.reshape(*filt.shape[:3], *self._kernel_shape)
 
     def _bank_filters(self, stationary_only: bool = False) -> torch.Tensor:
         """:math:`[K_G + aR_0, aR_1, \\dots, aR_L]` (only the first with ``stationary_only``), shape
@@ -209,22 +241,25 @@ class RelaxedR2Conv(SoftR2ConvBase):
         """:math:`K(0, \\cdot) = K_G + aR_0`: the filter at the image centre, and everywhere when stationary."""
         return self._bank_filters(stationary_only=True)[0]
 
-    def gains(self, height: int, width: int) -> torch.Tensor:
-        """:math:`g_l(u)` on an output grid, shape ``(L, height, width)``."""
-        feats = position_features(height, width, self.rff_frequencies, self.rff_phases, self.log_lengthscale,
-                                  self._subgroup_matrices)
-        return torch.einsum("lm,mhw->lhw", self.bank_coefficients, feats)
+    def gains(self, *shape: int) -> torch.Tensor:
+        """:math:`g_l(u)` on an output grid of ``shape`` (``height, width`` in 2D, ``depth, height, width`` in 3D),
+        shape ``(L, *shape)``."""
+        if len(shape) != self._dim:
+            raise ValueError(f"shape: expected {self._dim} output sizes, got {shape!r}")
+        feats = position_features_nd(shape, self.rff_frequencies, self.rff_phases, self.log_lengthscale,
+                                     self._subgroup_matrices)
+        return torch.einsum("lm,mp->lp", self.bank_coefficients, feats.reshape(feats.shape[0], -1)).reshape(-1, *shape)
 
-    def _cached_gains(self, height: int, width: int) -> torch.Tensor:
+    def _cached_gains(self, *shape: int) -> torch.Tensor:
         if not self._cache_allowed():
-            return self.gains(height, width)
-        key = (height, width, self._param_key())
+            return self.gains(*shape)
+        key = (shape, self._param_key())
         if self._gains_cache is None or self._gains_cache[0] != key:
             with torch.no_grad():
-                self._gains_cache = (key, self.gains(height, width))
+                self._gains_cache = (key, self.gains(*shape))
         return self._gains_cache[1]
 
-    def train(self, mode: bool = True) -> RelaxedR2Conv:
+    def train(self, mode: bool = True) -> _RelaxedConv:
         if mode:
             self._gains_cache = None
         return super().train(mode)
@@ -235,50 +270,30 @@ class RelaxedR2Conv(SoftR2ConvBase):
         self._gains_cache = None
         return super()._apply(fn, recurse)
 
-    def _bank_list(self) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """The bank filters :math:`K_G + aR_0, aR_1, \\dots, aR_L` as separate tensors, and the bias (from the
-        eval cache when allowed: views of the stacked filter for ``groups=1``)."""
-        if self._cache_allowed():
-            filt, bias = self._expanded()
-            n = self.num_banks + 1
-            filt = filt.reshape(self.groups, n, -1, *filt.shape[1:]).transpose(0, 1)
-            return list(filt.reshape(n, -1, *filt.shape[3:]).unbind(0)), bias
-        a = self.amplitude()
-        relax = self._relaxation_filters(self.relaxed_weights)
-        return [self.strict_filter() + a * relax[0], *(a * relax[1:]).unbind(0)], self.strict_bias()
-
     def forward(self, input: GeometricTensor) -> GeometricTensor:
-        """:math:`y(u) = [(K_G + aR_0) \\star x](u) + \\sum_l g_l(u)\\,[aR_l \\star x](u) + b`.
-
-        One convolution per bank (the same function as one convolution with the stacked filters followed by
-        the per-pixel combination, but no slicing of a stacked output: its backward would zero-fill and copy
-        the whole stacked output once per bank), combined by ``addcmul``."""
+        """:math:`y(u) = [(K_G + aR_0) \\star x](u) + \\sum_l g_l(u)\\,[aR_l \\star x](u) + b`: one convolution with
+        the stacked bank filters, combined per pixel."""
         self._check_input(input)
+        filt, bias = self._expanded()
         if not self._nonstationary:
-            filt, bias = self._expanded()
             return GeometricTensor(self._conv(input.tensor, filt, bias), self.out_type)
-        banks, bias = self._bank_list()
-        x = input.tensor
-        out = self._conv(x, banks[0], bias)
-        gains = self._cached_gains(out.shape[-2], out.shape[-1])
-        for l in range(1, len(banks)):
-            out = torch.addcmul(out, self._conv(x, banks[l], None), gains[l - 1])
+        y = self._conv(input.tensor, filt, None)
+        out = _combine(y, self._cached_gains(*y.shape[2:]), self.num_banks, self.groups, bias)
         return GeometricTensor(out, self.out_type)
 
     def export(self) -> torch.nn.Module:
-        """A plain :class:`torch.nn.Conv2d` when the layer is stationary, else a :class:`RelaxedConv2dExport`."""
+        """A plain :class:`torch.nn.Conv2d` (``Conv3d`` in 3D) when the layer is stationary, else a
+        :class:`RelaxedConvExport`."""
         if not self._nonstationary:
             return super().export()
         with torch.no_grad():
             filt, bias = self._expand()
-        conv = torch.nn.Conv2d(self.in_type.size, filt.shape[0], self.kernel_size, stride=self.stride,
-                               padding=self._pad2, dilation=self.dilation, groups=self.groups, bias=False,
-                               padding_mode=self.padding_mode)
+        conv = self._plain_conv(filt.shape[0], False)
         conv.to(device=filt.device, dtype=filt.dtype)
         with torch.no_grad():
             conv.weight.copy_(filt)
-        return RelaxedConv2dExport(conv, self.num_banks, bias, self.bank_coefficients, self.rff_frequencies,
-                                   self.rff_phases, self.log_lengthscale, self._subgroup_matrices).eval()
+        return RelaxedConvExport(conv, self.num_banks, bias, self.bank_coefficients, self.rff_frequencies,
+                                 self.rff_phases, self.log_lengthscale, self._subgroup_matrices).eval()
 
     # -- soft-module interface -------------------------------------------------------------------------
 
@@ -294,9 +309,9 @@ class RelaxedR2Conv(SoftR2ConvBase):
             flat = banks.reshape(banks.shape[0], banks.shape[1], banks.shape[2], -1).to(torch.float64)
             gram = torch.einsum("foip,goip->fg", flat, flat)
             outside = gram - projection_gram(self._basisexpansion, flat)
-            n = 17
-            g = self.gains(n, n).reshape(self.num_banks, n * n).to(torch.float64)
-            v = torch.cat([torch.ones(1, n * n, dtype=torch.float64, device=g.device), g], dim=0)   # (L+1, n*n)
+            n = 17 if self._dim == 2 else 9
+            g = self.gains(*(n,) * self._dim).reshape(self.num_banks, -1).to(torch.float64)
+            v = torch.cat([torch.ones(1, g.shape[1], dtype=torch.float64, device=g.device), g], dim=0)  # (L+1, n^d)
             dv = v - v.mean(1, keepdim=True)
             if not self._nonstationary:
                 v, dv = v[:1], dv[:1]
@@ -319,15 +334,15 @@ class RelaxedR2Conv(SoftR2ConvBase):
         return super().extra_repr() + f", num_banks={self.num_banks}, stationary={not self._nonstationary}"
 
 
-class RelaxedConv2dExport(torch.nn.Module):
-    """Plain-torch export of a non-stationary :class:`RelaxedR2Conv`.
+class RelaxedConvExport(torch.nn.Module):
+    """Plain-torch export of a non-stationary :class:`RelaxedR2Conv` / :class:`RelaxedR3Conv`.
 
     :math:`y(u) = y_0(u) + \\sum_l g_l(u)\\, y_l(u) + b` with :math:`[y_0, \\dots, y_L] =`
-    ``conv(x)`` (one :class:`torch.nn.Conv2d` holding the stacked filters) and the frozen gains
-    :math:`g_l` of :func:`position_features`.
+    ``conv(x)`` (one :class:`torch.nn.Conv2d` / ``Conv3d`` holding the stacked filters) and the frozen gains
+    :math:`g_l` of :func:`position_features_nd`.
     """
 
-    def __init__(self, conv: torch.nn.Conv2d, num_banks: int, bias: torch.Tensor | None,
+    def __init__(self, conv: torch.nn.Module, num_banks: int, bias: torch.Tensor | None,
                  bank_coefficients: torch.Tensor, frequencies: torch.Tensor, phases: torch.Tensor,
                  log_lengthscale: torch.Tensor, matrices: torch.Tensor | None):
         super().__init__()
@@ -342,7 +357,28 @@ class RelaxedConv2dExport(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        feats = position_features(y.shape[-2], y.shape[-1], self.rff_frequencies, self.rff_phases,
-                                  self.log_lengthscale, self.subgroup_matrices)
-        gains = torch.einsum("lm,mhw->lhw", self.bank_coefficients, feats)
+        feats = position_features_nd(tuple(y.shape[2:]), self.rff_frequencies, self.rff_phases,
+                                     self.log_lengthscale, self.subgroup_matrices)
+        gains = torch.einsum("lm,mp->lp", self.bank_coefficients, feats.reshape(feats.shape[0], -1))
         return _combine(y, gains, self.num_banks, self.conv.groups, self.bias)
+
+
+#: the 2D name of :class:`RelaxedConvExport`
+RelaxedConv2dExport = RelaxedConvExport
+
+
+class RelaxedR2Conv(_RelaxedConv, SoftR2ConvBase):
+    __doc__ = _RelaxedConv.__doc__
+
+
+class RelaxedR3Conv(_RelaxedConv, SoftR3ConvBase):
+    """:class:`RelaxedR2Conv` on escnn's 3D gspaces (SO(3), O(3) and their subgroups; arguments of
+    :class:`escnn.nn.R3Conv`).
+
+    Everything carries over with :math:`u \\in [-1, 1]^3` the centred output position (x along W, y against H,
+    z against D, escnn's frame). The position features are averaged over S: over its elements for a finite S
+    (e.g. the octahedral group ``'octa'`` of SO(3), ``(False, 'octa')`` / ``(True, 'octa')`` of O(3)), in closed
+    form for S ⊇ SO(3) (:math:`\\operatorname{sinc}` in place of :math:`J_0`), and over the grid-exact elements of
+    S for another continuous S (e.g. SO(2) about z: exact equivariance under the rotations by multiples of
+    90° about z, as every discretised layer). ``degree()`` measures the norms on a 9x9x9 grid of positions.
+    """

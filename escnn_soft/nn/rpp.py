@@ -7,12 +7,12 @@ from typing import Any
 import torch
 from escnn.nn import FieldType
 
-from escnn_soft.nn._relaxation import SoftR2ConvBase, _positive_log, expand_blocks
+from escnn_soft.nn._relaxation import SoftConvBase, SoftR2ConvBase, SoftR3ConvBase, _positive_log, expand_blocks
 
-__all__ = ["RPPR2Conv"]
+__all__ = ["RPPR2Conv", "RPPR3Conv"]
 
 
-class RPPR2Conv(SoftR2ConvBase):
+class _RPPConv(SoftConvBase):
     """G-steerable convolution with a residual, less constrained pathway (RPP).
 
     The filter is the sum of two pathways,
@@ -70,7 +70,7 @@ class RPPR2Conv(SoftR2ConvBase):
             free_shape: tuple[int, ...] = (self._free_expansion.dimension(),)
         else:
             self._free_expansion = None
-            free_shape = (out_type.size, self._in_group_type.size, kernel_size, kernel_size)
+            free_shape = (out_type.size, self._in_group_type.size, *self._kernel_shape)
         self.free_weights = torch.nn.Parameter(torch.zeros(free_shape))
         self.log_variance_equivariant = torch.nn.Parameter(torch.tensor(log_eq), requires_grad=learn_variances)
         self.log_variance_free = torch.nn.Parameter(torch.tensor(log_free), requires_grad=learn_variances)
@@ -80,7 +80,7 @@ class RPPR2Conv(SoftR2ConvBase):
         if self._free_expansion is None:
             return self.free_weights
         filt = expand_blocks(self._free_expansion, self.free_weights[None])[0]
-        return filt.reshape(filt.shape[0], filt.shape[1], self.kernel_size, self.kernel_size)
+        return filt.reshape(filt.shape[0], filt.shape[1], *self._kernel_shape)
 
     def _expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.strict_filter() + self.free_filter(), self.strict_bias()
@@ -109,3 +109,12 @@ class RPPR2Conv(SoftR2ConvBase):
             })
         out.update(self._measured_errors())
         return out
+
+
+class RPPR2Conv(_RPPConv, SoftR2ConvBase):
+    __doc__ = _RPPConv.__doc__
+
+
+class RPPR3Conv(_RPPConv, SoftR3ConvBase):
+    """:class:`RPPR2Conv` on escnn's 3D gspaces (arguments of :class:`escnn.nn.R3Conv`): the free path is a plain
+    ``Conv3d`` weight (``relaxed_subgroup=None``) or S-steerable for any escnn subgroup id S of SO(3) / O(3)."""

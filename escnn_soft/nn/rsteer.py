@@ -9,17 +9,19 @@ import torch
 from escnn.nn import FieldType
 
 from escnn_soft.nn._relaxation import (
+    SoftConvBase,
     SoftR2ConvBase,
+    SoftR3ConvBase,
     _positive_log,
     expand_blocks,
     orbit_classes,
     subgroup_matrices,
 )
 
-__all__ = ["RSteerR2Conv"]
+__all__ = ["RSteerR2Conv", "RSteerR3Conv"]
 
 
-class RSteerR2Conv(SoftR2ConvBase):
+class _RSteerConv(SoftConvBase):
     """G-steerable convolution whose basis coefficients vary over the kernel positions.
 
     .. math::
@@ -62,14 +64,15 @@ class RSteerR2Conv(SoftR2ConvBase):
                  smoothness: float = 1e-3, learn_smoothness: bool = False, **r2conv_kwargs: Any):
         log_alpha = _positive_log(smoothness, "smoothness", allow_zero=False, allow_inf=False)
         super().__init__(in_type, out_type, kernel_size, relaxed_subgroup=relaxed_subgroup, **r2conv_kwargs)
-        p = kernel_size * kernel_size
+        p = kernel_size ** self._dim
         if self._relaxed_subgroup_given:
             classes = orbit_classes(self._grid, subgroup_matrices(self.space, self.relaxed_subgroup))
         else:
             classes = np.arange(p)
-        rows, cols = np.divmod(np.arange(p), kernel_size)
+        # kernel-grid index of every position along each axis; neighbours differ by one step along one axis
+        idx = np.stack(np.unravel_index(np.arange(p), self._kernel_shape), axis=1)
         pairs = [(i, j) for i in range(p) for j in range(i + 1, p)
-                 if abs(rows[i] - rows[j]) + abs(cols[i] - cols[j]) == 1 and classes[i] != classes[j]]
+                 if np.abs(idx[i] - idx[j]).sum() == 1 and classes[i] != classes[j]]
         self.register_buffer("position_classes", torch.as_tensor(classes, dtype=torch.long), persistent=False)
         self.register_buffer("neighbour_pairs", torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2).T,
                              persistent=False)
@@ -78,12 +81,12 @@ class RSteerR2Conv(SoftR2ConvBase):
         self.log_smoothness = torch.nn.Parameter(torch.tensor(log_alpha), requires_grad=learn_smoothness)
 
     def coefficients(self) -> torch.Tensor:
-        """:math:`w_{b,p}`, shape ``(D, k*k)``."""
+        """:math:`w_{b,p}`, shape ``(D, k^d)``."""
         return self.weights[:, None] + self.relaxed_weights[:, self.position_classes]
 
     def _expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         filt = expand_blocks(self._basisexpansion, self.coefficients()[None])[0]
-        return filt.reshape(filt.shape[0], filt.shape[1], self.kernel_size, self.kernel_size), self.strict_bias()
+        return filt.reshape(filt.shape[0], filt.shape[1], *self._kernel_shape), self.strict_bias()
 
     def hyperparameters(self) -> dict[str, torch.Tensor]:
         """``{"smoothness": α}`` (differentiable in the log-parameter)."""
@@ -108,3 +111,13 @@ class RSteerR2Conv(SoftR2ConvBase):
             })
         out.update(self._measured_errors())
         return out
+
+
+class RSteerR2Conv(_RSteerConv, SoftR2ConvBase):
+    __doc__ = _RSteerConv.__doc__
+
+
+class RSteerR3Conv(_RSteerConv, SoftR3ConvBase):
+    """:class:`RSteerR2Conv` on escnn's 3D gspaces (arguments of :class:`escnn.nn.R3Conv`): coefficients per kernel
+    voxel, tied over the orbits of S (spheres for S ⊇ SO(3); for another continuous S, the orbits of its
+    grid-exact elements); the smoothness prior sums over voxels adjacent along one axis."""

@@ -49,3 +49,16 @@ def test_trivial_subgroup_basis_is_factorized():
     exp = layer._relaxation_expansion
     assert any(k.startswith("_factor_gather_") for k in exp._buffers)
     assert not any(k.startswith("_factor") for k in layer.state_dict())
+
+
+def test_bank_combine_gradients_and_double_backward():
+    """The custom backward of the per-pixel bank combination is right to first and second order."""
+    from escnn_soft.nn.relaxed import _BankCombine
+
+    torch.manual_seed(0)
+    y = torch.randn(2, 2, 3, 4, 5, dtype=torch.float64, requires_grad=True)   # (B, G, L+1, O, P)
+    g = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)             # (L, P)
+    assert torch.autograd.gradcheck(_BankCombine.apply, (y, g))
+    assert torch.autograd.gradgradcheck(_BankCombine.apply, (y, g))
+    expected = y[:, :, 0] + g[0] * y[:, :, 1] + g[1] * y[:, :, 2]
+    torch.testing.assert_close(_BankCombine.apply(y, g), expected, rtol=1e-14, atol=1e-14)
