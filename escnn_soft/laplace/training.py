@@ -66,7 +66,8 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
                      mc_samples: int = 1, marglik_batch_size: int | None = None,
                      extra_loss: Callable[[nn.Module], Tensor] | None = None, progress: bool = True,
                      seed: int | None = None, on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-                     resume: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                     resume: dict[str, Any] | None = None,
+                     lr_schedule: Callable[[int], float] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``model`` and its hyperparameters with the Laplace evidence (module docstring).
 
     Args:
@@ -94,6 +95,9 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
             what ``resume`` needs (module docstring); e.g. to write a checkpoint.
         resume: a ``state`` from ``on_epoch_end`` of a run with the same arguments, into a model that holds the
             weights of that epoch: training continues after ``state["epoch"]``.
+        lr_schedule: the weights' learning rate of epoch ``e`` (0-based) is ``lr * lr_schedule(e)``, e.g.
+            ``lambda e: 0.5 * (1 + math.cos(math.pi * e / n_epochs))`` (``None``: constant ``lr``); the
+            hyperparameters keep ``lr_hyp``.
 
     Returns:
         ``(model, history)`` with history keys ``groups`` (prior groups), ``loss`` (mean training loss per
@@ -143,6 +147,9 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
         start = _restore(resume, ev, net, optimizer, hyper_optimizer, hyper_names, generator, history, n_epochs)
     bar = trange(start + 1, n_epochs + 1, desc="marglik training", disable=not progress)
     for epoch in bar:
+        if lr_schedule is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * float(lr_schedule(epoch - 1))
         for epoch_aware in (getattr(train_loader, "sampler", None), dataset):
             if hasattr(epoch_aware, "set_epoch"):  # DistributedSampler's shuffle, DoubleMNIST's re-drawn elements
                 epoch_aware.set_epoch(epoch - 1)

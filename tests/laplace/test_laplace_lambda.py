@@ -258,3 +258,14 @@ def test_refresh_batchnorm_re_estimates_the_running_statistics():
     assert not model.training and model[1].momentum == 0.1 and torch.equal(model[0].weight, weight)
     with torch.no_grad():
         torch.testing.assert_close(model[1].running_mean, model[0](x).mean(0))
+
+
+def test_lr_schedule_scales_the_weights_learning_rate_per_epoch():
+    """A schedule that is 0 from the second epoch on freezes the weights after epoch 1 (λ still moves)."""
+    torch.manual_seed(0)
+    model = _Pair()
+    seen = {0: model.a.weights.detach().clone()}
+    marglik_training(model, _data(), n_epochs=3, n_epochs_burnin=1, marglik_frequency=1, n_hypersteps=1,
+                     hyperparameters="likelihoods", progress=False, lr_schedule=lambda e: 1.0 if e == 0 else 0.0,
+                     on_epoch_end=lambda e, s: seen.update({e: copy.deepcopy(model.a.weights.detach())}))
+    assert not torch.equal(seen[0], seen[1]) and torch.equal(seen[1], seen[2]) and torch.equal(seen[2], seen[3])
