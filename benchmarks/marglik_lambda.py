@@ -18,8 +18,8 @@ training images): the evidence's last λ step follows the last training epoch, a
 of the previous filters the evidence model's test accuracy collapsed (C4: 0.05; recorded as
 ``test_accuracy_before_bn_refresh``).
 
-Every cell (symmetry, mode, seed) writes ``<out>/<symmetry>_<mode>_s<seed>.json`` (and its weights, ``.pt``,
-not committed) when it finishes, so an
+Every cell (symmetry, mode, seed) writes ``<out>/<symmetry>_<mode>_s<seed>.json`` (and its weights to
+``runs/marglik_lambda/``, not committed) when it finishes, so an
 interrupted run continues where it stopped (finished cells are skipped); ``--report-only`` writes the table
 ``benchmarks/results_marglik.md`` from whatever cells exist.
 
@@ -113,7 +113,9 @@ def run_cell(symmetry: str, mode: str, seed: int, args: argparse.Namespace) -> d
     train.set_epoch(args.epochs - 1)
     refresh_batchnorm(model, DataLoader(train, batch_size=args.batch_size))
     test_stats = evaluate(model, test_loader, torch.device("cpu"))
-    torch.save(model.state_dict(), Path(args.out) / f"{symmetry}_{mode}_s{seed}.pt")
+    weights = HERE.parent / "runs" / "marglik_lambda"  # runs/ is not committed
+    weights.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), weights / f"{symmetry}_{mode}_s{seed}.pt")
     return {"symmetry": symmetry, "mode": mode, "seed": seed, "test_accuracy": test_stats["accuracy"],
             "test_accuracy_before_bn_refresh": stale,
             "seconds": round(time.time() - t0, 1), "degrees": _degrees(model), **extra,
