@@ -10,9 +10,10 @@ network (the same weights shape, zero relaxation / uniform λ) and may learn to 
 * ``relaxed`` — every R3Conv a :class:`~escnn_soft.nn.RelaxedR3Conv` relaxed over SO(3)
   (``relaxed_subgroup='so3'``: the relaxation may break reflections, never rotations).
 
-Network: three steerable conv blocks (kernels 5, 3, 3; gated non-linearity on scalar and vector fields:
-``(0,0)`` and ``(1,1)`` for O(3), ``0`` and ``1`` for SO(3)), a 1x1 conv to invariant scalar fields, global
-average pooling, a linear classifier. Training: Adam, cross-entropy + ``es.regularization_loss``.
+Network: three steerable conv blocks (kernels 5, 3, 3; ``--act gated``: gated non-linearity on scalar and
+vector fields, ``(0,0)`` and ``(1,1)`` for O(3), ``0`` and ``1`` for SO(3); ``--act fourier``: ``FourierELU`` on
+band-limited regular fields, irreps up to frequency 1, pseudo-irreps included for O(3)), a 1x1 conv to
+invariant scalar fields, global average pooling, a linear classifier. Training: Adam, cross-entropy + ``es.regularization_loss``.
 
 Reported per run: test accuracy, accuracy on the chiral pair, and per layer the kept subgroup read from
 ``degree()`` — the largest of O(3) ⊃ SO(3) ⊃ full octahedral ⊃ octahedral whose measure passes: a relaxed
@@ -45,19 +46,28 @@ O3_ORDER = ("O3", "SO3", "full_octahedral", "octahedral")
 class TetrisNet(torch.nn.Module):
     """Three gated steerable conv blocks, a 1x1 conv to scalars, global average pooling, a linear head."""
 
-    def __init__(self, group: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int = 16, n_classes: int = 8):
+    def __init__(self, group: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int = 16, n_classes: int = 8,
+                 act: str = "gated"):
         super().__init__()
         gs = gspaces.flipRot3dOnR3(maximum_frequency=2) if group == "O3" else gspaces.rot3dOnR3(maximum_frequency=2)
         scalar = gs.trivial_repr
-        vector = gs.irrep(1, 1) if group == "O3" else gs.irrep(1)
-        feat = enn.FieldType(gs, [scalar] * n_scalars + [vector] * n_vectors)
-        gated_in = enn.FieldType(gs, [scalar] * (n_scalars + n_vectors)) + feat
         t = enn.FieldType(gs, [scalar])
         blocks = []
-        for k in (5, 3, 3):
-            blocks += [enn.R3Conv(t, gated_in, k, padding=k // 2), enn.IIDBatchNorm3d(gated_in),
-                       enn.GatedNonLinearity1(gated_in)]
-            t = feat
+        if act == "fourier":   # n_scalars band-limited regular fields (irreps up to frequency 1), ELU on a grid
+            nonlin = enn.FourierELU(gs, n_scalars, irreps=gs.fibergroup.bl_irreps(1), type="thomson_cube", N=2)
+            feat = nonlin.in_type
+            for k in (5, 3, 3):
+                nonlin = enn.FourierELU(gs, n_scalars, irreps=gs.fibergroup.bl_irreps(1), type="thomson_cube", N=2)
+                blocks += [enn.R3Conv(t, feat, k, padding=k // 2), enn.IIDBatchNorm3d(feat), nonlin]
+                t = feat
+        else:
+            vector = gs.irrep(1, 1) if group == "O3" else gs.irrep(1)
+            feat = enn.FieldType(gs, [scalar] * n_scalars + [vector] * n_vectors)
+            gated_in = enn.FieldType(gs, [scalar] * (n_scalars + n_vectors)) + feat
+            for k in (5, 3, 3):
+                blocks += [enn.R3Conv(t, gated_in, k, padding=k // 2), enn.IIDBatchNorm3d(gated_in),
+                           enn.GatedNonLinearity1(gated_in)]
+                t = feat
         self.input_type = enn.FieldType(gs, [scalar])
         self.features = enn.SequentialModule(*blocks)
         self.invariant = enn.R3Conv(feat, enn.FieldType(gs, [scalar] * n_invariant), 1)
@@ -69,8 +79,9 @@ class TetrisNet(torch.nn.Module):
         return self.head(y.mean(dim=(2, 3, 4)))
 
 
-def build(method: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int = 16) -> torch.nn.Module:
-    kw = {"n_scalars": n_scalars, "n_vectors": n_vectors, "n_invariant": n_invariant}
+def build(method: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int = 16, act: str = "gated"
+          ) -> torch.nn.Module:
+    kw = {"n_scalars": n_scalars, "n_vectors": n_vectors, "n_invariant": n_invariant, "act": act}
     if method == "strict-SO3":
         return TetrisNet("SO3", **kw)
     net = TetrisNet("O3", **kw)
@@ -124,12 +135,12 @@ def plot_likelihoods(model: torch.nn.Module, prefix: str) -> list[str]:
 
 def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, lr: float, tol: float,
         threshold: float = 0.99, plot_dir: str | None = None, size: int = 11, scale: float = 2.0,
-        width: tuple[int, int, int] = (4, 4, 16)) -> dict:
+        width: tuple[int, int, int] = (4, 4, 16), act: str = "gated") -> dict:
     torch.manual_seed(seed)
     train = Tetris3D("train", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
     test = Tetris3D("test", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
     start = time.perf_counter()
-    model = build(method, *width)
+    model = build(method, *width, act=act)
     built = time.perf_counter() - start
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True,
@@ -145,7 +156,7 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
     trained = time.perf_counter() - start
     acc, pair = evaluate(model, test)
     plots = plot_likelihoods(model, f"{plot_dir}/tetris_{rotations}_{method}") if plot_dir else []
-    return {"plots": plots, "size": size, "scale": scale, "width": list(width), "lr": lr, "method": method, "rotations": rotations, "seed": seed, "epochs": epochs, "n_train": len(train),
+    return {"plots": plots, "act": act, "size": size, "scale": scale, "width": list(width), "lr": lr, "method": method, "rotations": rotations, "seed": seed, "epochs": epochs, "n_train": len(train),
             "test_accuracy": acc, "chiral_pair_accuracy": pair, "build_s": built, "train_s": trained,
             "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "layers": kept_subgroups(model, tol, threshold)}
@@ -177,13 +188,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=11, help="voxel grid size (odd)")
     parser.add_argument("--scale", type=float, default=2.0, help="cube side in voxels")
     parser.add_argument("--width", type=int, nargs=3, default=[4, 4, 16], metavar=("SCALARS", "VECTORS", "INVARIANT"),
-                        help="fields per block and invariant fields")
+                        help="fields per block and invariant fields (fourier: SCALARS regular fields, VECTORS unused)")
+    parser.add_argument("--act", default="gated", choices=["gated", "fourier"],
+                        help="gated: gated scalar + vector fields; fourier: FourierELU on band-limited regular fields")
     args = parser.parse_args()
     rows = []
     for rotations in args.rotations:
         for method in args.methods:
             rows.append(run(method, rotations, args.epochs, args.n_per_class, args.seed, args.lr, args.tol,
-                            args.threshold, args.plot_dir, args.size, args.scale, tuple(args.width)))
+                            args.threshold, args.plot_dir, args.size, args.scale, tuple(args.width),
+                            args.act))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
     if args.out:
