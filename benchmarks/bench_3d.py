@@ -117,8 +117,8 @@ def network_build_times(group: str) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| group | layer | params | build (s) | train step (ms) | train / strict | eval fwd (ms) | eval / strict "
-             "| peak memory growth, train step (MB) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [("| group | layer | params | build (s) | train step (ms) | train / strict | eval fwd (ms) | eval / strict "
+              "| peak memory growth, train step (MB) |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     strict = {(r["group"]): r for r in rows if r["layer"] == "strict"}
     for r in rows:
         s = strict[r["group"]]

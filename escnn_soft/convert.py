@@ -74,7 +74,6 @@ def _make_soft(layer: EquivariantModule, method: str, kwargs: dict[str, Any],
         if skipped is not None:
             skipped[name or "(model)"] = (f"{type(layer).__name__} subclasses escnn's {_strict_base(layer).__name__} "
                                           f"but {why}")
-        return None
 
     try:
         if isinstance(layer, enn.Linear):
@@ -105,7 +104,7 @@ def _make_soft(layer: EquivariantModule, method: str, kwargs: dict[str, Any],
         # a subclass of escnn's layer: replace it only if the soft layer computes what it computed
         try:
             diff = _same_function(layer, new)
-        except Exception as err:  # the subclass's forward may need more than a GeometricTensor
+        except Exception as err:  # noqa: BLE001 -- a subclass's forward may need more than a GeometricTensor
             return skip(f"its forward failed on a random input ({type(err).__name__}: {err})")
         if not diff <= 1e-4:
             return skip(f"the {method} layer's output differs from it by {diff:.2g} (relative): it overrides how "

@@ -42,9 +42,9 @@ __all__ = [
     "SoftConvBase",
     "SoftR2ConvBase",
     "SoftR3ConvBase",
+    "bessel_j0",
     "centred_coordinates",
     "contains_rotations",
-    "bessel_j0",
     "expand_blocks",
     "factorize_",
     "orbit_classes",
@@ -581,11 +581,11 @@ class SoftConvBase(EquivariantModule, SoftModule):
             raise ValueError(f"out_type: its gspace {out_type.gspace} differs from in_type's gspace "
                              f"{in_type.gspace}; build both field types on the same gspace object")
         if cls._dim == 2 and not isinstance(in_type.gspace, GSpace2D):
-            raise ValueError(  # noqa: TRY004 -- a FieldType of the wrong gspace is a bad value
+            raise ValueError(
                 f"in_type: gspace {in_type.gspace} does not act on the plane; use a planar gspace "
                 "(escnn.gspaces.rot2dOnR2, flipRot2dOnR2, ...), or the 3D layer (R3 in its name) for a 3D gspace")
         if cls._dim == 3 and not isinstance(in_type.gspace, GSpace3D):
-            raise ValueError(  # noqa: TRY004 -- a FieldType of the wrong gspace is a bad value
+            raise ValueError(
                 f"in_type: gspace {in_type.gspace} does not act on R^3; use a 3D gspace (escnn.gspaces.rot3dOnR3, "
                 "flipRot3dOnR3, octaOnR3, ...), or the planar layer (R2 in its name) for a 2D gspace")
 

@@ -7,7 +7,13 @@ from typing import Any
 import torch
 from escnn.nn import FieldType
 
-from escnn_soft.nn._relaxation import SoftConvBase, SoftR2ConvBase, SoftR3ConvBase, _positive_log, expand_blocks
+from escnn_soft.nn._relaxation import (
+    SoftConvBase,
+    SoftR2ConvBase,
+    SoftR3ConvBase,
+    _positive_log,
+    expand_blocks,
+)
 
 __all__ = ["RPPR2Conv", "RPPR3Conv"]
 

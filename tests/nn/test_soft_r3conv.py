@@ -27,7 +27,7 @@ from escnn_soft.testing import assert_equivariant, random_input
 CLASSES = [RelaxedR3Conv, RPPR3Conv, RSteerR3Conv]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gspace(name: str):
     if name == "SO3":
         return gspaces.rot3dOnR3(maximum_frequency=2)
@@ -105,7 +105,7 @@ def test_relaxed_over_a_subgroup_stays_equivariant_to_it(cls, name, sid, breaks)
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_unconstrained_relaxation_breaks_the_group_and_exports(cls):
-    layer, strict = soft_and_strict(cls, "O3", None)
+    layer, _ = soft_and_strict(cls, "O3", None)
     randomise_(layer)
     x = random_input(layer, size=7)
     elements = grid_exact_elements(layer.in_type.gspace)
