@@ -35,13 +35,17 @@ from pathlib import Path
 import torch
 
 from escnn_soft.cli import SYMMETRIES
-from escnn_soft.models import METHODS, READOUTS
+from escnn_soft.models import ARCHS, METHODS, READOUTS
 
 SCALES = {
-    "small": {"n_images": 2000, "epochs": 12, "width": 2, "seeds": 2, "workers": 2, "batch_size": 32, "lr": 5e-3,
-              "readout": "grid"},
-    "paper": {"n_images": 10000, "epochs": 30, "width": 8, "seeds": 5, "workers": 1, "batch_size": 64, "lr": 5e-3,
-              "readout": "grid"},
+    "small": {"n_images": 2000, "epochs": 12, "arch": "default", "width": 2, "width_multiplier": None, "L": 2,
+              "seeds": 2, "workers": 2, "batch_size": 32, "lr": 5e-3, "readout": "grid"},
+    "medium": {"n_images": MEDIUM_IMAGES, "epochs": MEDIUM_EPOCHS, "arch": "thesis", "width": None,
+               "width_multiplier": MEDIUM_K, "L": 4, "seeds": 2, "workers": 1, "batch_size": 32, "lr": 5e-3,
+               "readout": "flatten"},
+    # the reference protocol (METHODS section 6): the thesis network, Adam 5e-4, batch 256, 50 epochs, 5 seeds
+    "paper": {"n_images": 10000, "epochs": 50, "arch": "thesis", "width": None, "width_multiplier": 6, "L": 4,
+              "seeds": 5, "workers": 1, "batch_size": 256, "lr": 5e-4, "readout": "flatten"},
 }
 
 #: METHODS section 6: test accuracy on C1 / C4 / SO(2) / D1 / D4 / O(2) data (thesis table 8.3)
@@ -60,9 +64,10 @@ def _run(method: str, symmetry: str, seed: int, cfg: argparse.Namespace, folder:
         return json.loads(result.read_text())[method]
     cmd = [sys.executable, "-m", "escnn_soft.cli", "train", "--method", method, "--compare", "",
            "--symmetry", symmetry, "--group", cfg.group, "--seed", str(seed), "--epochs", str(cfg.epochs),
-           "--n-images", str(cfg.n_images), "--width", str(cfg.width), "--batch-size", str(cfg.batch_size),
-           "--readout", cfg.readout, "--lr", str(cfg.lr), "--device", cfg.device, "--threads", str(cfg.threads),
-           "--report-images", "0", "--out", str(folder)]
+           "--n-images", str(cfg.n_images), "--batch-size", str(cfg.batch_size), "--arch", cfg.arch,
+           "--readout", cfg.readout, "--lr", str(cfg.lr), "--L", str(cfg.L), "--device", cfg.device,
+           "--threads", str(cfg.threads), "--report-images", "0", "--out", str(folder)]
+    cmd += (["--width", str(cfg.width)] if cfg.arch == "default" else ["--width-multiplier", str(cfg.width_multiplier)])
     if (folder / f"{method}.pt").is_file():
         cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TQDM_DISABLE": "1"}
@@ -99,9 +104,10 @@ def _headline(method: str, degree: dict) -> str:
 def tables(results: dict, cfg: argparse.Namespace) -> str:
     """Markdown: accuracy table with the references, hardened accuracy, learned degree per layer, verdicts."""
     syms = cfg.symmetries
+    size = f"width {cfg.width}" if cfg.arch == "default" else f"thesis network, k = {cfg.width_multiplier}"
     lines = [(f"Test accuracy, mean ± std over up to {cfg.seeds} seeds ({cfg.n_images} images, {cfg.epochs} epochs, "
-             f"width {cfg.width}, group {cfg.group}, read-out {cfg.readout!r}); in brackets the reference of "
-             "METHODS section 6."), "",
+             f"{size}, group {cfg.group}, read-out {cfg.readout!r}, batch {cfg.batch_size}, lr {cfg.lr}, λ band "
+             f"limit {cfg.L}); in brackets the reference of METHODS section 6."), "",
              "| method | " + " | ".join(syms) + " | mean |", "|---" * (len(syms) + 2) + "|"]
     means: dict[str, dict[str, float]] = {}
     for m in cfg.methods:
@@ -165,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--symmetries", default=",".join(SYMMETRIES))
     p.add_argument("--group", default="SO2")
-    for key in ("n_images", "epochs", "width", "seeds", "workers", "batch_size"):
+    p.add_argument("--arch", default=None, choices=ARCHS, help="network (models.py); default: from --scale")
+    for key in ("n_images", "epochs", "width", "width_multiplier", "L", "seeds", "workers", "batch_size"):
         p.add_argument("--" + key.replace("_", "-"), type=int, default=None, help="default: from --scale")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--readout", default=None, choices=READOUTS, help="read-out of every network (models.py); "

@@ -4,7 +4,8 @@ A checkpoint is one ``torch.save`` of a dict that ``torch.load(path, weights_onl
 
 * ``state_dict``: the model's weights by name, without escnn's eval-only expanded filters (portable between
   train and eval mode);
-* ``meta``: method, group, widths, read-out, version and the field types of every equivariant layer, so a
+* ``meta``: method, group, architecture and its size arguments, read-out, data (symmetry, images, re-drawing),
+  version and the field types of every equivariant layer, so a
   mismatch is reported layer by layer;
 * ``history``: one dict of training statistics per finished epoch;
 * ``optimizer_by_name``: the optimiser state keyed by **parameter name** (:func:`optimizer_state_by_name`), so
@@ -32,9 +33,14 @@ __all__ = ["load_checkpoint", "model_kwargs", "optimizer_state_by_name", "restor
 
 def model_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of :func:`escnn_soft.models.build_model` that rebuild the network ``meta`` describes."""
-    kwargs: dict[str, Any] = {"group": meta["group"], "width": meta["width"], "max_frequency": meta["max_frequency"],
+    arch = meta.get("arch", "default")  # checkpoints from before the thesis network hold the default one
+    kwargs: dict[str, Any] = {"group": meta["group"], "arch": arch,
                               # checkpoints from before the read-out option pooled per half
                               "readout": meta.get("readout", "halves")}
+    if arch == "default":
+        kwargs.update(width=meta["width"], max_frequency=meta["max_frequency"])
+    else:
+        kwargs["width_multiplier"] = meta["width_multiplier"]
     if meta["method"] == "probabilistic":
         kwargs["L"] = meta["L"]
         # checkpoints from before the square parameterisation used the softmax one
@@ -99,9 +105,21 @@ def _description(model: torch.nn.Module) -> dict[str, Any]:
     return out
 
 
+def _size(meta: dict[str, Any]) -> str:
+    """``"arch 'default', width 2"`` / ``"arch 'thesis', width_multiplier 6"``: the network a checkpoint holds."""
+    arch = meta.get("arch", "default")
+    key = "width" if arch == "default" else "width_multiplier"
+    return f"arch {arch!r}, {key} {meta.get(key)!r}"
+
+
+# What checkpoints written before a run option existed did, so that they keep resuming with that option's old value.
+_LEGACY_META: dict[str, Any] = {"arch": "default", "redraw": False, "parameterisation": "softmax"}
+
+
 def _differences(saved: dict[str, Any], current: dict[str, Any], what: str) -> list[str]:
     """What differs between a checkpoint's metadata and ``current`` (every key of ``current``; the field types layer
     by layer, the first three differing layers and a count), as ``'key: checkpoint X, <what> Y'``."""
+    saved = {**_LEGACY_META, **saved}
     out = [f"{key}: checkpoint {saved.get(key, '(not recorded)')!r}, {what} {value!r}"
            for key, value in current.items() if key != "field_types" and saved.get(key, "(not recorded)") != value]
     a, b = saved.get("field_types"), current.get("field_types")
@@ -208,7 +226,7 @@ def load_checkpoint(path: Path, device: torch.device | None = None, model: torch
     differences = _differences(meta, _description(target), what) or _state_differences(ckpt["state_dict"], target)
     if differences:
         raise ValueError(f"checkpoint: {path} {problem} (method {meta.get('method')!r}, group {meta.get('group')!r}, "
-                         f"width {meta.get('width')!r}): " + "; ".join(differences))
+                         f"{_size(meta)}): " + "; ".join(differences))
     _load_state(target, ckpt["state_dict"])
     return (target.to(device) if model is None else target), meta, ckpt.get("history", [])
 

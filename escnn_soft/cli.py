@@ -24,7 +24,7 @@ from escnn_soft.checkpoint import load_checkpoint, model_kwargs, resume_state, s
 from escnn_soft.convert import SOFTEN_METHODS
 from escnn_soft.distributed import DistContext
 from escnn_soft.metrics.history import LikelihoodHistory
-from escnn_soft.models import GROUPS, METHODS, READOUTS, build_model, method_summary
+from escnn_soft.models import ARCH_READOUTS, ARCHS, GROUPS, METHODS, READOUTS, build_model, method_summary
 
 __all__ = ["load_checkpoint", "main", "save_checkpoint"]
 
@@ -44,16 +44,34 @@ def _device(name: str) -> torch.device:
 
 
 def _meta(args: argparse.Namespace, method: str) -> dict[str, Any]:
-    return {"method": method, "group": args.group, "width": args.width, "max_frequency": args.max_frequency,
-            "readout": args.readout, "L": args.L, "parameterisation": args.parameterisation,
-            "symmetry": args.symmetry, "n_images": args.n_images, "seed": args.seed, "version": __version__}
+    """What rebuilds this run's network and data (compared on ``--resume``): the architecture's own size
+    arguments only (``width``/``max_frequency`` for ``--arch default``, ``width_multiplier`` for ``thesis``)."""
+    if args.arch == "default":
+        if args.width_multiplier is not None:
+            raise SystemExit(f"--width-multiplier {args.width_multiplier} applies to --arch thesis; scale the default "
+                             f"network with --width, or pass --arch thesis")
+        size = {"width": 2 if args.width is None else args.width,
+                "max_frequency": 2 if args.max_frequency is None else args.max_frequency}
+    else:
+        for flag, value in (("--width", args.width), ("--max-frequency", args.max_frequency)):
+            if value is not None:
+                raise SystemExit(f"{flag} {value} applies to --arch default; the thesis network is scaled by "
+                                 f"--width-multiplier and has its own band limits: leave {flag} out")
+        size = {"width_multiplier": 6 if args.width_multiplier is None else args.width_multiplier}
+    readout = ARCH_READOUTS[args.arch][0] if args.readout is None else args.readout
+    if readout not in ARCH_READOUTS[args.arch]:
+        raise SystemExit(f"--readout {readout}: not a read-out of --arch {args.arch}; choose one of "
+                         f"{', '.join(ARCH_READOUTS[args.arch])}")
+    return {"method": method, "group": args.group, "arch": args.arch, **size, "readout": readout, "L": args.L,
+            "parameterisation": args.parameterisation, "symmetry": args.symmetry, "n_images": args.n_images,
+            "redraw": args.redraw is not False, "seed": args.seed, "version": __version__}
 
 
 def _datasets(args: argparse.Namespace):
     from escnn_soft.data import DoubleMNIST
 
     kw = {"symmetry": args.symmetry, "source": args.source, "root": args.root, "seed": args.seed, "n_images": args.n_images}
-    return DoubleMNIST(split="train", **kw), DoubleMNIST(split="test", **kw)
+    return DoubleMNIST(split="train", redraw=getattr(args, "redraw", None), **kw), DoubleMNIST(split="test", **kw)
 
 
 def _report(model: torch.nn.Module, test_images: torch.Tensor, out: Path, name: str):
@@ -361,10 +379,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--group", default="SO2", choices=GROUPS)
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--n-images", type=int, default=4000, help="images over train/val/test (8:1:1)")
-    t.add_argument("--width", type=int, default=2)
-    t.add_argument("--max-frequency", type=int, default=2)
-    t.add_argument("--readout", default="grid", choices=READOUTS,
-                   help="pool the invariant maps over a 3x3 grid (default; the thesis's flattened map) or per half")
+    t.add_argument("--arch", default="default", choices=ARCHS,
+                   help="default: the compact network (--width, --max-frequency); thesis: the thesis network "
+                        "(--width-multiplier k, 6 = the thesis layout)")
+    t.add_argument("--width", type=int, default=None, help="--arch default: irreps copies per block (default 2)")
+    t.add_argument("--max-frequency", type=int, default=None, help="--arch default: band limit of the fields (default 2)")
+    t.add_argument("--width-multiplier", type=int, default=None,
+                   help="--arch thesis: k, gated fields k*(1,2,4,6,6) per block (default 6)")
+    t.add_argument("--redraw", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-draw the training digits' group elements every epoch (default on, the reference "
+                        "protocol); --no-redraw: the same training images every epoch")
+    t.add_argument("--readout", default=None, choices=READOUTS,
+                   help="--arch default: pool the invariant maps over a 3x3 grid (default) or per half; "
+                        "--arch thesis: flatten (its only read-out)")
     t.add_argument("--L", type=int, default=2, help="band limit of the likelihoods (probabilistic)")
     t.add_argument("--parameterisation", default="softmax", choices=("softmax", "square"),
                    help="likelihood parameterisation (probabilistic): softmax on a grid (the paper's) or "

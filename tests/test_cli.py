@@ -124,3 +124,46 @@ def test_square_parameterisation_is_recorded_and_rebuilt_from_the_checkpoint(tmp
     assert recorded["epochs"] == [0, 1]
     initial = [row[0] for layer in recorded["layers"].values() for row in layer["density"].values()]
     assert all(abs(v - 1.0) < 1e-6 for values in initial for v in values)  # uniform λ before training
+
+
+def test_thesis_network_is_trained_recorded_and_rebuilt_from_the_checkpoint(tmp_path):
+    assert main(["train", "--compare", "", "--method", "strict", "--arch", "thesis", "--width-multiplier", "1",
+                 "--n-images", "100", "--epochs", "1", "--group", "C4", "--out", str(tmp_path),
+                 "--report-images", "0"]) == 0
+    model, meta, _ = load_checkpoint(tmp_path / "strict.pt")
+    assert (meta["arch"], meta["width_multiplier"], meta["readout"]) == ("thesis", 1, "flatten")
+    assert "width" not in meta and meta["redraw"] is True
+    reference = build_model("strict", group="C4", arch="thesis", width_multiplier=1)
+    assert [(n, p.shape) for n, p in model.named_parameters()] == [(n, p.shape) for n, p in reference.named_parameters()]
+
+
+@pytest.mark.parametrize("argv, flag", [(["--arch", "thesis", "--width", "2"], "--width"),
+                                        (["--arch", "thesis", "--max-frequency", "3"], "--max-frequency"),
+                                        (["--width-multiplier", "2"], "--width-multiplier"),
+                                        (["--arch", "thesis", "--readout", "grid"], "--readout")])
+def test_size_flags_of_the_other_architecture_are_rejected_by_name(argv, flag, tmp_path):
+    with pytest.raises(SystemExit, match=flag):
+        main(["train", "--compare", "", "--method", "strict", "--epochs", "1", "--n-images", "100",
+              "--out", str(tmp_path), *argv])
+
+
+def test_no_redraw_trains_on_fixed_images_and_resume_checks_the_choice(tmp_path):
+    common = ["train", "--n-images", "100", "--width", "1", "--group", "C4", "--compare", "", "--method", "strict",
+              "--report-images", "0", "--out", str(tmp_path)]
+    assert main(common + ["--epochs", "1", "--no-redraw"]) == 0
+    assert torch.load(tmp_path / "strict.pt", weights_only=True)["meta"]["redraw"] is False
+    with pytest.raises(SystemExit, match=r"redraw: checkpoint False, this run True"):
+        main(common + ["--epochs", "2", "--resume"])  # the default re-draws: a different run
+    assert main(common + ["--epochs", "2", "--resume", "--no-redraw"]) == 0
+
+
+def test_checkpoint_from_before_arch_and_redraw_resumes_as_default_arch_without_redraw(tmp_path):
+    common = ["train", "--n-images", "100", "--width", "1", "--group", "C4", "--compare", "", "--method", "strict",
+              "--report-images", "0", "--out", str(tmp_path)]
+    assert main(common + ["--epochs", "1", "--no-redraw"]) == 0
+    ckpt = torch.load(tmp_path / "strict.pt", weights_only=True)
+    for key in ("arch", "redraw"):
+        del ckpt["meta"][key]  # what a checkpoint of an older version holds
+    torch.save(ckpt, tmp_path / "strict.pt")
+    assert main(common + ["--epochs", "2", "--resume", "--no-redraw"]) == 0
+    assert len(torch.load(tmp_path / "strict.pt", weights_only=True)["history"]) == 2

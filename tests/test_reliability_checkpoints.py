@@ -94,7 +94,7 @@ def test_loading_into_a_different_model_names_what_differs(other, expected, tmp_
     target = build_model(**kwargs)
     before = {k: v.clone() for k, v in target.state_dict().items()}
     with pytest.raises(ValueError, match=r"p\.pt was saved from a different model \(method 'probabilistic', "
-                                         r"group 'C4', width 1\)") as err:
+                                         r"group 'C4', arch 'default', width 1\)") as err:
         load_checkpoint(tmp_path / "p.pt", model=target)
     for pattern in expected:
         assert re.search(pattern, str(err.value)), (pattern, str(err.value))

@@ -256,15 +256,13 @@ class DoubleMNIST(Dataset):
             fixed); ``False``: the same images every epoch.
 
     Attributes:
-        images: ``(N, 1, 56, 56)`` float32 in ``[0, 1]``, of the current epoch.
         labels: ``(N,)`` int64, ``10 * left digit + right digit`` (the same every epoch).
         source_indices: ``(N, 2)`` int64, indices of the left and right digit in
             :func:`~escnn_soft.data.sources.load_digits` ``(source, root)`` (the same every epoch).
-        transforms: ``(N, 2, 2)`` float64, per image and digit the O(2) element ``(flip, angle)``
-            applied (escnn's ``(flip, angle)`` element of ``flipRot2dOnR2(-1)``), of the current epoch.
-        artefact_angles: ``(N, 2)`` float64, the θ of the rotate-by-θ-and-back of each digit, of the
-            current epoch.
         symmetry, split, source, seed, redraw: the arguments (``redraw`` resolved to a bool).
+
+    The properties :attr:`images`, :attr:`transforms` and :attr:`artefact_angles` give the current
+    epoch's draw.
 
     Building the same split twice in a process is cheap: results are cached per arguments
     (:func:`clear_cache` empties the cache), and each instance owns copies of the tensors.

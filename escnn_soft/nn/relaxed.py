@@ -310,7 +310,7 @@ class _RelaxedConv(SoftConvBase):
             gram = torch.einsum("foip,goip->fg", flat, flat)
             outside = gram - projection_gram(self._basisexpansion, flat)
             n = 17 if self._dim == 2 else 9
-            g = self.gains(*(n,) * self._dim).reshape(self.num_banks, -1).to(torch.float64)
+            g = self.gains(*(n,) * self._dim).reshape(self.num_banks, n ** self._dim).to(torch.float64)  # L may be 0
             v = torch.cat([torch.ones(1, g.shape[1], dtype=torch.float64, device=g.device), g], dim=0)  # (L+1, n^d)
             dv = v - v.mean(1, keepdim=True)
             if not self._nonstationary:
