@@ -37,6 +37,9 @@ import torch
 from escnn_soft.cli import SYMMETRIES
 from escnn_soft.models import ARCHS, METHODS, READOUTS
 
+#: the medium scale, chosen by benchmarks/doublemnist_choose_medium.py (its table: doublemnist_medium/choice/choice.md)
+MEDIUM_IMAGES, MEDIUM_K, MEDIUM_EPOCHS = 10000, 2, 20
+
 SCALES = {
     "small": {"n_images": 2000, "epochs": 12, "arch": "default", "width": 2, "width_multiplier": None, "L": 2,
               "seeds": 2, "workers": 2, "batch_size": 32, "lr": 5e-3, "readout": "grid"},
@@ -68,6 +71,8 @@ def _run(method: str, symmetry: str, seed: int, cfg: argparse.Namespace, folder:
            "--readout", cfg.readout, "--lr", str(cfg.lr), "--L", str(cfg.L), "--device", cfg.device,
            "--threads", str(cfg.threads), "--report-images", "0", "--out", str(folder)]
     cmd += (["--width", str(cfg.width)] if cfg.arch == "default" else ["--width-multiplier", str(cfg.width_multiplier)])
+    if method == "probabilistic":
+        cmd += ["--parameterisation", getattr(cfg, "parameterisation", "softmax")]
     if (folder / f"{method}.pt").is_file():
         cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TQDM_DISABLE": "1"}
@@ -107,7 +112,7 @@ def tables(results: dict, cfg: argparse.Namespace) -> str:
     size = f"width {cfg.width}" if cfg.arch == "default" else f"thesis network, k = {cfg.width_multiplier}"
     lines = [(f"Test accuracy, mean ± std over up to {cfg.seeds} seeds ({cfg.n_images} images, {cfg.epochs} epochs, "
              f"{size}, group {cfg.group}, read-out {cfg.readout!r}, batch {cfg.batch_size}, lr {cfg.lr}, λ band "
-             f"limit {cfg.L}); in brackets the reference of METHODS section 6."), "",
+             f"limit {cfg.L}, {cfg.parameterisation} likelihoods); in brackets the reference of METHODS section 6."), "",
              "| method | " + " | ".join(syms) + " | mean |", "|---" * (len(syms) + 2) + "|"]
     means: dict[str, dict[str, float]] = {}
     for m in cfg.methods:
@@ -177,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--readout", default=None, choices=READOUTS, help="read-out of every network (models.py); "
                    "default: from --scale")
+    p.add_argument("--parameterisation", default="softmax", choices=("softmax", "square"),
+                   help="likelihoods of the probabilistic runs (escnn-soft train --parameterisation)")
     p.add_argument("--threads", type=int, default=1, help="threads per run")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", default=None, help="default benchmarks/doublemnist_<scale>")

@@ -8,6 +8,7 @@ equivariance report, and writes the report (text + JSON), the plots and the chec
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sys
@@ -303,23 +304,36 @@ def _evaluate_method(model: torch.nn.Module, method: str, meta: dict[str, Any], 
 def _train_marglik(model: torch.nn.Module, train, args: argparse.Namespace, ctx: DistContext, ckpt_path: Path,
                    meta: dict[str, Any]) -> list[dict[str, float]]:
     """Marginal-likelihood training (es.laplace.marglik_training): burn-in for half the epochs, then the
-    layer-wise prior precisions and in-network hyperparameters are tuned by the Laplace evidence every epoch
+    layer-wise prior precisions and in-network hyperparameters (λ of every probabilistic layer, relaxation
+    amplitudes and lengthscales) are tuned by the Laplace evidence every epoch, with the alignment/KL
+    regularisers off (λ never sees the training loss; the other soft layers' penalties stay)
     (on a random subset of ``--marglik-batch`` images, Monte-Carlo GGN: one backward pass per image instead of
     one per class); prints the evidence's per-layer view. ``model`` may be wrapped in DDP (under ``torchrun``):
     each rank then trains and fits the evidence on its shard."""
     from escnn_soft.laplace import marglik_training
     from escnn_soft.regularization import regularization_loss
 
+    sampler = None
     if ctx.world_size == 1:
         loader = DataLoader(train, batch_size=args.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(args.seed))
     else:
-        loader = DataLoader(train, batch_size=args.batch_size // ctx.world_size, drop_last=True,
-                            sampler=DistributedSampler(train, shuffle=True, seed=args.seed, drop_last=True))
+        sampler = DistributedSampler(train, shuffle=True, seed=args.seed, drop_last=True)
+        loader = DataLoader(train, batch_size=args.batch_size // ctx.world_size, drop_last=True, sampler=sampler)
+
+    def next_epoch(epoch: int, state: dict[str, Any] | None = None) -> None:
+        """Before epoch ``epoch`` (0-based): re-drawn group elements, and the distributed sampler's shuffle."""
+        if hasattr(train, "set_epoch"):
+            train.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+
+    next_epoch(0)
     model, hist = marglik_training(model, loader, n_epochs=args.epochs, lr=args.lr,
                                    n_epochs_burnin=max(1, args.epochs // 2), marglik_frequency=1,
                                    n_hypersteps=args.marglik_steps, marglik_batch_size=args.marglik_batch,
-                                   extra_loss=regularization_loss, seed=args.seed, stochastic=True,
+                                   extra_loss=functools.partial(regularization_loss, align_weight=0.0, kl_weight=0.0),
+                                   seed=args.seed, stochastic=True, on_epoch_end=next_epoch,
                                    progress=ctx.is_main)
     history = [{"loss": loss} for loss in hist["loss"]]
     if not ctx.is_main:

@@ -1,5 +1,6 @@
 """The command line: a tiny main-job run end to end, report of its checkpoint, bad input."""
 import json
+import warnings
 
 import pytest
 import torch
@@ -167,3 +168,24 @@ def test_checkpoint_from_before_arch_and_redraw_resumes_as_default_arch_without_
     torch.save(ckpt, tmp_path / "strict.pt")
     assert main(common + ["--epochs", "2", "--resume", "--no-redraw"]) == 0
     assert len(torch.load(tmp_path / "strict.pt", weights_only=True)["history"]) == 2
+
+
+def test_marglik_tunes_lambda_without_regularisers_on_re_drawn_epochs(tmp_path, monkeypatch):
+    """``--marglik --method probabilistic``: λ is set by the evidence alone (the alignment/KL terms are off, so
+    marglik_training has nothing to warn about), and every epoch trains on its own re-drawn group elements."""
+    from escnn_soft.data import DoubleMNIST
+
+    seen: list[int] = []
+    original = DoubleMNIST.set_epoch
+    monkeypatch.setattr(DoubleMNIST, "set_epoch", lambda self, epoch: (seen.append(epoch), original(self, epoch))[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert main(["train", "--method", "probabilistic", "--compare", "", "--marglik", "--epochs", "2",
+                     "--n-images", "100", "--width", "1", "--group", "C4", "--marglik-batch", "16",
+                     "--marglik-steps", "1", "--report-images", "0", "--out", str(tmp_path)]) == 0
+    assert {0, 1} <= set(seen) and seen == sorted(seen)  # epoch 1 trained on its own draw
+    model, _, _ = load_checkpoint(tmp_path / "probabilistic.pt")
+    initial = build_model("probabilistic", group="C4", width=1)  # λ uniform: the strict layer
+    moved = [float((a - b).abs().max()) for (name, a), b in zip(model.named_parameters(), initial.parameters())
+             if name.endswith("likelihood.coefficients")]
+    assert moved and max(moved) > 0  # the evidence's steps moved λ

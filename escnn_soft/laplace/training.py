@@ -365,5 +365,5 @@ def _hyper_update(ev: LaplaceEvidence, loader: DataLoader, hyper: list[Tensor],
             t.grad = g
         average_gradients(hyper)
         optimizer.step()
-        marglik = float(value)
+        marglik = float(value.detach())
     return marglik
