@@ -12,11 +12,15 @@ accuracy of the hardened soft models, and what each layer learned.
 
 Scales (every setting can be overridden on the command line):
 
-* ``small``: 2,000 images (1,600 train), 12 epochs, width 2, 2 seeds (seed 0 of every run first), 2 workers;
-  about an hour per seed on 2 CPU cores (63 min for seed 0 of the 42 runs).
-* ``paper``: 10,000 images (8,000 train), 30 epochs, width 8, 5 seeds, 1 worker on the GPU.
+* ``small``: the default network at width 2 (grid read-out), 2,000 images (1,600 train), 12 epochs, λ band limit 2,
+  2 seeds, 2 workers; ~1.5 min per run on this CPU machine.
+* ``medium``: the thesis network at k = 3, 10,000 images, 20 epochs, batch 32, Adam 5e-3 (cosine), λ band limit 4,
+  2 seeds; ~30 min per steerable run here. Chosen by ``doublemnist_choose_medium.py`` (the smallest k and fewest
+  epochs at which the thesis CNN reaches >= 0.75 on C4 data).
+* ``paper``: the reference protocol (METHODS section 6): the thesis network (k = 6), 10,000 images, 50 epochs,
+  batch 256, Adam 5e-4, λ band limit 4, 5 seeds, for a GPU (``--nproc-per-node N``: each run under ``torchrun``).
 
-Both use the 3×3 grid read-out of the thesis network (``--readout``; :mod:`escnn_soft.models`).
+Every run trains on re-drawn group elements each epoch (the reference loader's protocol).
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ from escnn_soft.cli import SYMMETRIES
 from escnn_soft.models import ARCHS, METHODS, READOUTS
 
 #: the medium scale, chosen by benchmarks/doublemnist_choose_medium.py (its table: doublemnist_medium/choice/choice.md)
-MEDIUM_IMAGES, MEDIUM_K, MEDIUM_EPOCHS = 10000, 2, 20
+MEDIUM_IMAGES, MEDIUM_K, MEDIUM_EPOCHS = 10000, 3, 20
 
 SCALES = {
     "small": {"n_images": 2000, "epochs": 12, "arch": "default", "width": 2, "width_multiplier": None, "L": 2,
@@ -65,7 +69,9 @@ def _run(method: str, symmetry: str, seed: int, cfg: argparse.Namespace, folder:
     result = folder / "results.json"
     if result.is_file():
         return json.loads(result.read_text())[method]
-    cmd = [sys.executable, "-m", "escnn_soft.cli", "train", "--method", method, "--compare", "",
+    launcher = [sys.executable] if cfg.nproc_per_node == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(cfg.nproc_per_node)]
+    cmd = [*launcher, "-m", "escnn_soft.cli", "train", "--method", method, "--compare", "",
            "--symmetry", symmetry, "--group", cfg.group, "--seed", str(seed), "--epochs", str(cfg.epochs),
            "--n-images", str(cfg.n_images), "--batch-size", str(cfg.batch_size), "--arch", cfg.arch,
            "--readout", cfg.readout, "--lr", str(cfg.lr), "--L", str(cfg.L), "--device", cfg.device,
@@ -185,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parameterisation", default="softmax", choices=("softmax", "square"),
                    help="likelihoods of the probabilistic runs (escnn-soft train --parameterisation)")
     p.add_argument("--threads", type=int, default=1, help="threads per run")
+    p.add_argument("--nproc-per-node", type=int, default=1,
+                   help="processes per run under torchrun (DDP; --batch-size is the global batch), e.g. one per GPU")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", default=None, help="default benchmarks/doublemnist_<scale>")
     p.add_argument("--markdown", default=None, help="write the tables here (default <out>/results.md)")
