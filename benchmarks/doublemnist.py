@@ -154,8 +154,31 @@ def tables(results: dict, cfg: argparse.Namespace) -> str:
             if runs:
                 lines.append(f"| {s} | " + " | ".join(_headline(m, runs[0]["degrees"][k]) for k in layers) + " |")
         lines.append("")
+    mass_rows = [(s, _quarter_turn_mass(runs[0]["likelihood_history"])) for s in syms
+                 for runs in [results.get(("probabilistic", s), [])] if runs and runs[0].get("likelihood_history")]
+    mass_rows = [(s, m) for s, m in mass_rows if m]
+    if mass_rows:
+        layers = list(mass_rows[0][1])
+        lines += [("Where λ put its mass (seed 0, last epoch): the share of each probabilistic layer's λ (rotations) "
+                   "within ±22.5° of the quarter turns; uniform λ gives 0.50, λ concentrated on C4 gives 1."), "",
+                  "| data | " + " | ".join(layers) + " |", "|---" * (len(layers) + 1) + "|"]
+        lines += [f"| {s} | " + " | ".join(f"{m.get(k, float('nan')):.2f}" for k in layers) + " |" for s, m in mass_rows]
+        lines.append("")
     lines += _verdicts(means, syms)
     return "\n".join(lines)
+
+
+def _quarter_turn_mass(history: dict) -> dict[str, float]:
+    """Per layer, the share of λ's last recorded density (rotations) within ±22.5° of a multiple of 90°."""
+    out = {}
+    for layer, rec in history["layers"].items():
+        density = rec["density"].get("rotations")
+        if not density or not rec["x_label"].startswith("angle"):
+            continue
+        angles, values = rec["x"], density[-1]
+        near = [v for a, v in zip(angles, values) if min(a % 90.0, 90.0 - a % 90.0) < 22.5]
+        out[layer] = sum(near) / sum(values) if sum(values) > 0 else float("nan")
+    return out
 
 
 def _verdicts(means: dict[str, dict[str, float]], syms: list[str]) -> list[str]:

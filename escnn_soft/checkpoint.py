@@ -142,20 +142,16 @@ def _state_differences(state: dict[str, torch.Tensor], model: torch.nn.Module) -
     return out
 
 
-_MODE_DEPENDENT_BUFFERS = ("filter", "matrix", "expanded_bias")
-
-
 def _portable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` without the buffers escnn's ``R2Conv``/``R3Conv``/``Linear`` build in ``.eval()``
     (``filter``/``matrix``, ``expanded_bias``: the expanded weights, present only in eval mode and in a model never
     switched to train mode), so that a checkpoint saved in either mode loads into a model in either mode."""
-    from escnn.nn import Linear
-    from escnn.nn.modules.conv.rd_convolution import _RdConv
+    from escnn_soft._escnn import MODE_DEPENDENT_BUFFERS, keeps_mode_dependent_buffers
 
     state = model.state_dict()
     for name, m in _named_modules(model):
-        if isinstance(m, (_RdConv, Linear)):
-            for key in _MODE_DEPENDENT_BUFFERS:
+        if keeps_mode_dependent_buffers(m):
+            for key in MODE_DEPENDENT_BUFFERS:
                 state.pop(f"{name}.{key}" if name else key, None)
     return state
 

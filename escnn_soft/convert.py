@@ -9,6 +9,7 @@ import torch
 from escnn import nn as enn
 from escnn.nn import EquivariantModule
 
+from escnn_soft._escnn import conv_basis_kwargs
 from escnn_soft.nn.base import SoftModule
 from escnn_soft.ordering import canonical_order_
 from escnn_soft.subgroups import default_subgroups, subgroup
@@ -22,7 +23,7 @@ _STRICT_TYPES = (enn.R2Conv, enn.R3Conv, enn.Linear)
 def _conv_kwargs(layer: EquivariantModule) -> dict[str, Any]:
     """The constructor arguments of a strict escnn conv that shape its basis and its output."""
     return {"padding": layer.padding, "stride": layer.stride, "dilation": layer.dilation, "padding_mode": layer.padding_mode,
-                "bias": layer.bias is not None, "sigma": layer._sigma, "rings": layer._rings}
+                "bias": layer.bias is not None, **conv_basis_kwargs(layer)}
 
 
 def _strict_base(layer: torch.nn.Module) -> type | None:
@@ -208,8 +209,7 @@ def _strict_layer(layer: EquivariantModule, in_type, out_type) -> EquivariantMod
     cls = enn.R2Conv if in_type.gspace.dimensionality == 2 else enn.R3Conv
     kw = {"padding": layer.padding, "stride": layer.stride, "dilation": layer.dilation, "padding_mode": layer.padding_mode,
               "bias": layer.bias is not None, "initialize": False}
-    if hasattr(layer, "_sigma"):
-        kw.update(sigma=layer._sigma, rings=layer._rings)
+    kw.update(conv_basis_kwargs(layer, missing_ok=True))
     return cls(in_type, out_type, layer.kernel_size, **kw)
 
 
@@ -295,7 +295,7 @@ def _harden_layer(layer: EquivariantModule, threshold: float, subgroups: dict[st
                 continue
         in_t = layer.in_type if sid is None else layer.in_type.restrict(sid)
         out_t = layer.out_type if sid is None else layer.out_type.restrict(sid)
-        strict = _strict_layer(layer, in_t, out_t).to(weight.device)
+        strict = _strict_layer(layer, in_t, out_t).to(device=weight.device, dtype=weight.dtype)
         coeffs, residual = _project(strict, weight)
         residual = (residual ** 2 + dropped ** 2) ** 0.5
         if best is None or residual < best[3]:

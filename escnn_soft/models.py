@@ -121,7 +121,7 @@ def make_gspace(group: str, max_frequency: int = 2) -> GSpace2D:
 def conv_factory(method: str, **method_kwargs) -> Callable[..., EquivariantModule]:
     """``make(in_type, out_type, kernel_size, padding, stride=1, bias=True)`` building the convolution of ``method``."""
     if method == "strict":
-        from escnn_soft.nn.basis import he_stds, privatize_
+        from escnn_soft._escnn import he_stds, privatize_
 
         def strict(i, o, k, padding, stride=1, bias=True):
             conv = enn.R2Conv(i, o, k, padding=padding, stride=stride, bias=bias, initialize=False, **method_kwargs)

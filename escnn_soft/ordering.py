@@ -66,7 +66,7 @@ def canonical_order_(model: torch.nn.Module) -> torch.nn.Module:
     Names, values and the forward pass are unchanged. Build optimisers *after* this call (an optimiser made
     before keeps its own, older, order).
     """
-    from escnn.nn.modules.basismanager import BlocksBasisExpansion, BlocksBasisSampler
+    from escnn_soft._escnn import BlocksBasisExpansion, BlocksBasisSampler
 
     ordered_children = (BlocksBasisExpansion, BlocksBasisSampler)
     stack, seen = [model], set()

@@ -196,3 +196,20 @@ def test_soften_warns_when_nothing_is_replaced():
     messages = [str(w.message) for w in record]
     assert any("layer '0' left strict" in m for m in messages) and any("every candidate was skipped" in m
                                                                         for m in messages), messages
+
+
+def test_harden_a_float64_model_gives_a_float64_strict_model_with_the_same_output():
+    """At uniform λ the softened model is the strict one: harden keeps the whole group, in the model's dtype."""
+    gs = gspaces.rot2dOnR2(4)
+    t0, t1 = nn.FieldType(gs, [gs.trivial_repr]), nn.FieldType(gs, [gs.regular_repr] * 2)
+    torch.manual_seed(0)
+    soft = es.soften(nn.SequentialModule(nn.R2Conv(t0, t1, 3), nn.ReLU(t1), nn.R2Conv(t1, t1, 3)),
+                     method="probabilistic").double().eval()
+    x = t0(torch.randn(2, 1, 9, 9, dtype=torch.float64))
+    with torch.no_grad():
+        expected = soft(x).tensor
+    hard, log = es.harden(soft, return_log=True)
+    with torch.no_grad():
+        got = hard.eval()(x).tensor
+    assert got.dtype == torch.float64 and all(entry["subgroup"] == "C4" for entry in log.values())
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)

@@ -58,9 +58,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from escnn.nn.modules.basismanager import BlocksBasisExpansion, retrieve_indices
 from torch import Tensor
 
+from escnn_soft._escnn import BlocksBasisExpansion, expansion_blocks, expansion_shape
 from escnn_soft.laplace.hooks import OpCall, output_gram, unfold_patches
 
 __all__ = [
@@ -365,14 +365,9 @@ class _Layout:
 
 def _expansion_blocks(exp: BlocksBasisExpansion):
     """``(block module, first coefficient, n_o, n_i, out channels (n_o, d_o), in channels (n_i, d_i))``
-    for each representation pair of ``exp`` (escnn 1.0 internals)."""
-    _, in_idx, _ = retrieve_indices(exp._in_reprs)
-    _, out_idx, _ = retrieve_indices(exp._out_reprs)
-    for io in exp._representations_pairs:
-        block = getattr(exp, f"block_expansion_{exp._escape_pair(io)}")
-        n_o, n_i = exp._out_count[io[1]], exp._in_count[io[0]]
-        yield (block, exp._weights_ranges[io][0], n_o, n_i, out_idx[io[1]].reshape(n_o, -1),
-               in_idx[io[0]].reshape(n_i, -1))
+    for each representation pair of ``exp``."""
+    for blk in expansion_blocks(exp):
+        yield blk.module, blk.start, blk.out_count, blk.in_count, blk.out_channels, blk.in_channels
 
 
 def _layouts(exp: BlocksBasisExpansion, numel: int, c_out: int, c_in: int, points: int, device: torch.device
@@ -394,6 +389,7 @@ def _layouts(exp: BlocksBasisExpansion, numel: int, c_out: int, c_in: int, point
         return []
     m = numel // dim
     blocks = list(_expansion_blocks(exp))
+    exp_out, exp_in = expansion_shape(exp)
     out: list[_Layout] = []
 
     def ar(n: int) -> Tensor:
@@ -402,7 +398,7 @@ def _layouts(exp: BlocksBasisExpansion, numel: int, c_out: int, c_in: int, point
     def index(start: int, n_o: int, n_i: int, k: int) -> Tensor:
         return start + ((ar(n_o)[:, None] * n_i + ar(n_i)[None, :]) * k)[..., None] + ar(k)
 
-    if exp._input_size == c_in and c_out % exp._output_size == 0:
+    if exp_in == c_in and c_out % exp_out == 0:
         if m == 1:
             pairs = [Pair(oi.to(device), ii.to(device), index(st, no, ni, b.dimension())) for b, st, no, ni, oi, ii in blocks]
             out.append(_Layout(pairs, [b.sampled_basis for b, *_ in blocks]))
@@ -411,12 +407,12 @@ def _layouts(exp: BlocksBasisExpansion, numel: int, c_out: int, c_in: int, point
                           (index(st, no, ni, b.dimension())[..., None] * m + ar(m)).reshape(no, ni, -1))
                      for b, st, no, ni, oi, ii in blocks]
             out.append(_Layout(pairs))
-            if c_out == m * exp._output_size:
-                out.append(_Layout([Pair(oi.to(device) + bank * exp._output_size, ii.to(device),
+            if c_out == m * exp_out:
+                out.append(_Layout([Pair(oi.to(device) + bank * exp_out, ii.to(device),
                                          index(bank * dim + st, no, ni, b.dimension()))
                                     for bank in range(m) for b, st, no, ni, oi, ii in blocks]))
-    d = exp._output_size // c_out if c_out else 0
-    if m == 1 and d > 1 and exp._output_size == d * c_out and exp._input_size == d * c_in:
+    d = exp_out // c_out if c_out else 0
+    if m == 1 and d > 1 and exp_out == d * c_out and exp_in == d * c_in:
         pairs = []
         for b, st, no, ni, oi, ii in blocks:
             n_fields = no // d  # occurrences of the output repr are ordered copy-major

@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from escnn.nn.modules.basismanager import BlocksBasisExpansion
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from typing_extensions import Self
+
+from escnn_soft._escnn import BlocksBasisExpansion
 
 __all__ = ["OpCall", "OpRecorder", "output_gram", "unfold_patches"]
 

@@ -16,25 +16,30 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from escnn.group import O2, O3, SO2, SO3, DihedralGroup, Group, GroupElement, Icosahedral, Octahedral
 from escnn.gspaces import GSpace, GSpace2D, GSpace3D
-from escnn.nn import EquivariantModule, FieldType, GeometricTensor
-from escnn.nn.modules.basismanager import BlocksBasisExpansion
-from escnn.nn.modules.conv.r2convolution import R2Conv
-from escnn.nn.modules.conv.r2convolution import compute_basis_params as compute_basis_params_2d
-from escnn.nn.modules.conv.r3convolution import R3Conv
-from escnn.nn.modules.conv.r3convolution import compute_basis_params as compute_basis_params_3d
-from escnn.nn.modules.conv.rd_convolution import get_grid_coords
+from escnn.nn import EquivariantModule, FieldType, GeometricTensor, R2Conv, R3Conv
 from torch.nn.functional import conv2d, conv3d, pad
 
+from escnn_soft._escnn import (
+    BlocksBasisExpansion,
+    ExpansionBlock,
+    compute_basis_params_2d,
+    compute_basis_params_3d,
+    conv_basis_kwargs,
+    expansion_blocks,
+    expansion_shape,
+    grid_coords,
+    he_stds,
+    private_blocks_expansion,
+)
 from escnn_soft.metrics.equivariance import equivariance_error, is_grid_exact
 from escnn_soft.nn.base import SoftModule
-from escnn_soft.nn.basis import he_stds, private_blocks_expansion
 from escnn_soft.subgroups import default_subgroups
 from escnn_soft.subgroups import subgroup as escnn_soft_subgroup
 
@@ -220,30 +225,6 @@ def orbit_classes(points: np.ndarray, matrices: np.ndarray | None, tol: float = 
 # block-wise operations on an escnn BlocksBasisExpansion
 
 
-class _Block(NamedTuple):
-    basis: torch.Tensor        # (b, o, i, P) sampled basis of one (input repr, output repr) pair
-    start: int                 # coefficient range [start, stop) in the expansion's weight vector
-    stop: int
-    out_count: int             # occurrences of the output / input representation
-    in_count: int
-    out_index: Any             # slice (contiguous occurrences) or LongTensor of channel indices
-    in_index: Any
-
-
-def _blocks(expansion: BlocksBasisExpansion) -> Iterator[_Block]:
-    """The blocks of an escnn expansion, in the order of its weight vector (escnn 1.0.x internals)."""
-    for pair in expansion._representations_pairs:
-        escaped = expansion._escape_pair(pair)
-        basis = getattr(expansion, f"block_expansion_{escaped}").sampled_basis
-        in_idx = getattr(expansion, f"in_indices_{escaped}")
-        out_idx = getattr(expansion, f"out_indices_{escaped}")
-        if expansion._contiguous[pair]:
-            in_idx, out_idx = slice(in_idx[0], in_idx[1]), slice(out_idx[0], out_idx[1])
-        start, stop = expansion._weights_ranges[pair]
-        yield _Block(basis, start, stop, expansion._out_count[pair[1]], expansion._in_count[pair[0]],
-                     out_idx, in_idx)
-
-
 def _support_components(support: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Connected components of the bipartite graph basis element -- (out, in) entry given by ``support``
     (``b x E`` booleans): ``[(basis elements, entries)]``, entries touched by no element left out."""
@@ -281,7 +262,7 @@ def factorize_(expansion: BlocksBasisExpansion) -> BlocksBasisExpansion:
     Blocks that do not split are left to the dense contraction. The tensors are non-persistent buffers of
     the expansion (moved by ``.to()``, never in a ``state_dict``).
     """
-    for j, blk in enumerate(_blocks(expansion)):
+    for j, blk in enumerate(expansion_blocks(expansion)):
         b, o, i, p = blk.basis.shape
         basis = blk.basis.reshape(b, o * i, p)
         comps = _support_components((basis != 0).any(-1).cpu().numpy())
@@ -317,8 +298,8 @@ def _factored(expansion: BlocksBasisExpansion, j: int, c: torch.Tensor) -> torch
         return None
     parts = []
     for k in range(n_classes):
-        bidx = expansion._buffers[f"_factor_b_{j}_{k}"]
-        sub = expansion._buffers[f"_factor_basis_{j}_{k}"]
+        bidx = getattr(expansion, f"_factor_b_{j}_{k}")
+        sub = getattr(expansion, f"_factor_basis_{j}_{k}")
         if sub.shape[0] == 1:
             parts.append((c[:, bidx] @ sub[0]).reshape(c.shape[0], -1))
         else:
@@ -326,7 +307,7 @@ def _factored(expansion: BlocksBasisExpansion, j: int, c: torch.Tensor) -> torch
     p = expansion.S
     parts.append(c.new_zeros(c.shape[0], p))
     flat = torch.cat(parts, dim=1).reshape(c.shape[0], -1, p)
-    return flat[:, expansion._buffers[f"_factor_gather_{j}"]]
+    return flat[:, getattr(expansion, f"_factor_gather_{j}")]
 
 
 def expand_blocks(expansion: BlocksBasisExpansion, coefficients: torch.Tensor) -> torch.Tensor:
@@ -343,9 +324,10 @@ def expand_blocks(expansion: BlocksBasisExpansion, coefficients: torch.Tensor) -
     """
     f = coefficients.shape[0]
     per_position = coefficients.dim() == 3
-    blocks = list(_blocks(expansion))
+    blocks = expansion_blocks(expansion)
+    c_out, c_in = expansion_shape(expansion)
     single = len(blocks) == 1 and isinstance(blocks[0].out_index, slice)
-    out = None if single else coefficients.new_zeros(f, expansion._output_size, expansion._input_size, expansion.S)
+    out = None if single else coefficients.new_zeros(f, c_out, c_in, expansion.S)
     for j, blk in enumerate(blocks):
         b, o, i, p = blk.basis.shape
         n_pairs = blk.out_count * blk.in_count
@@ -362,9 +344,9 @@ def expand_blocks(expansion: BlocksBasisExpansion, coefficients: torch.Tensor) -
         k = k.transpose(2, 3)
         if single:
             k = k.reshape(f, blk.out_count * o, blk.in_count * i, p)
-            if k.shape[1:3] == (expansion._output_size, expansion._input_size):
+            if k.shape[1:3] == (c_out, c_in):
                 return k
-            out = coefficients.new_zeros(f, expansion._output_size, expansion._input_size, expansion.S)
+            out = coefficients.new_zeros(f, c_out, c_in, expansion.S)
             out[:, blk.out_index, blk.in_index] = k
         elif isinstance(blk.out_index, slice):
             out[:, blk.out_index, blk.in_index] = k.reshape(f, blk.out_count * o, blk.in_count * i, p)
@@ -373,7 +355,7 @@ def expand_blocks(expansion: BlocksBasisExpansion, coefficients: torch.Tensor) -
     return out
 
 
-def _gather_block(filters: torch.Tensor, blk: _Block) -> torch.Tensor:
+def _gather_block(filters: torch.Tensor, blk: ExpansionBlock) -> torch.Tensor:
     """The entries of ``filters`` (``F, C_out, C_in, P``) belonging to ``blk``: ``(F, pairs, o*i*P)``."""
     _b, o, i, p = blk.basis.shape
     f = filters.shape[0]
@@ -382,7 +364,7 @@ def _gather_block(filters: torch.Tensor, blk: _Block) -> torch.Tensor:
     return sub.reshape(f, blk.out_count * blk.in_count, o * i * p)
 
 
-def _block_projector(blk: _Block) -> tuple[torch.Tensor, torch.Tensor]:
+def _block_projector(blk: ExpansionBlock) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, G⁺)``: the flattened basis ``A`` (``b x o*i*P``) and the pseudo-inverse of its Gram matrix."""
     a = blk.basis.reshape(blk.basis.shape[0], -1).to(torch.float64)
     return a, torch.linalg.pinv(a @ a.T, hermitian=True)
@@ -403,7 +385,7 @@ def projection_gram(expansion: BlocksBasisExpansion, filters: torch.Tensor) -> t
     """
     filters = filters.detach().to(torch.float64)
     gram = filters.new_zeros(filters.shape[0], filters.shape[0])
-    for blk in _blocks(expansion):
+    for blk in expansion_blocks(expansion):
         a, g_inv = _block_projector(blk)
         z = _gather_block(filters, blk) @ a.T                      # (F, pairs, b)
         gram += torch.einsum("fkb,bc,gkc->fg", z, g_inv, z)
@@ -414,7 +396,7 @@ def projection_coefficients(expansion: BlocksBasisExpansion, filt: torch.Tensor)
     """Least-squares coefficients (escnn ``weights`` order, shape ``(D,)``) of one filter ``(C_out, C_in, P)``."""
     filt = filt.detach().to(torch.float64)[None]
     weights = filt.new_zeros(expansion.dimension())
-    for blk in _blocks(expansion):
+    for blk in expansion_blocks(expansion):
         a, g_inv = _block_projector(blk)
         coeff = (_gather_block(filt, blk) @ a.T) @ g_inv           # (1, pairs, b)
         weights[blk.start:blk.stop] = coeff.reshape(-1)
@@ -549,7 +531,7 @@ class SoftConvBase(EquivariantModule, SoftModule):
         filt, self._rings, self._sigma, self._maximum_frequency = compute(
             kernel_size, frequencies_cutoff, rings, sigma, dilation, basis_filter)
         self._basis_filter = filt
-        self._grid = get_grid_coords(d, kernel_size, dilation)
+        self._grid = grid_coords(d, kernel_size, dilation)
         in_group_type = in_type.index_select(list(range(len(in_type) // groups))) if groups > 1 else in_type
         self._in_group_type = in_group_type
         self._basisexpansion = self._private_expansion(self.space, in_group_type, out_type)
@@ -663,7 +645,7 @@ class SoftConvBase(EquivariantModule, SoftModule):
         kwargs.setdefault("initialize", False)
         layer = cls(conv.in_type, conv.out_type, conv.kernel_size, padding=conv.padding, stride=conv.stride,
                     dilation=conv.dilation, padding_mode=conv.padding_mode, groups=conv.groups,
-                    bias=conv.bias is not None, sigma=conv._sigma, rings=conv._rings, **kwargs)
+                    bias=conv.bias is not None, **conv_basis_kwargs(conv), **kwargs)
         layer.to(device=conv.weights.device, dtype=conv.weights.dtype)
         with torch.no_grad():
             same = layer.weights.shape == conv.weights.shape

@@ -24,8 +24,8 @@ e_{gh}`), so with the true matrices the layer *is* escnn's regular group convolu
 escnn pooling, batch-norm and non-linearities.
 
 The true action :math:`M_g` of :math:`g` on the sampled kernel positions is escnn's own base-space action
-(``gspace._interpolate_transform_basespace``, the one :meth:`GeometricTensor.transform` uses), applied to the
-:math:`k^2` pixel impulses: :math:`(M_g w)(x) = w(g^{-1}x)`. It is an exact permutation for rotations by
+(the one :meth:`GeometricTensor.transform` uses; ``escnn_soft._escnn.interpolate_transform_basespace``), applied
+to the :math:`k^2` pixel impulses: :math:`(M_g w)(x) = w(g^{-1}x)`. It is an exact permutation for rotations by
 multiples of 90 degrees and flips, and a spline interpolation matrix (bilinear by default) otherwise.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ from escnn.gspaces import GSpace
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 from scipy.optimize import linear_sum_assignment
 
+from escnn_soft._escnn import interpolate_transform_basespace
 from escnn_soft.metrics.equivariance import is_grid_exact
 from escnn_soft.metrics.partition import partition_distance
 from escnn_soft.nn._relaxation import resolve_subgroup
@@ -94,7 +95,7 @@ def kernel_grid_action(gspace: GSpace, kernel_size: int, order: int = 1) -> torc
     impulses = np.eye(n).reshape(n, kernel_size, kernel_size)
     mats = []
     for g in group.elements:
-        moved = gspace._interpolate_transform_basespace(impulses, g, order=order)
+        moved = interpolate_transform_basespace(gspace, impulses, g, order=order)
         mats.append(np.asarray(moved, dtype=np.float64).reshape(n, n).T)   # column j = g acting on impulse j
     return torch.from_numpy(np.ascontiguousarray(np.stack(mats)))
 

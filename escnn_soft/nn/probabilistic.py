@@ -36,14 +36,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from escnn.kernels import EmptyBasisException
 from escnn.nn import FieldType, GeometricTensor, R2Conv, R3Conv
 from escnn.nn import Linear as EscnnLinear
-from escnn.nn.modules.conv.r2convolution import compute_basis_params
 
+from escnn_soft._escnn import (
+    compute_basis_params_2d,
+    drop_mode_dependent_buffers_,
+    he_stds,
+    is_empty_basis_error,
+    kernel_basis_generator,
+    private_sampled_basis,
+    privatize_,
+    reversed_padding,
+)
 from escnn_soft.likelihood import GroupLikelihood
 from escnn_soft.nn.base import SoftModule, iter_modules
-from escnn_soft.nn.basis import he_stds, private_sampled_basis, privatize_
 from escnn_soft.subgroups import default_subgroups
 
 __all__ = ["ProbabilisticLinear", "ProbabilisticR2Conv", "ProbabilisticR3Conv"]
@@ -127,8 +134,10 @@ class _Pathway(torch.nn.Module):
             for r_out, out_idx in out_groups:
                 try:
                     basis = private_sampled_basis(basis_generator(r_aug, r_out), points, basis_filter)
-                except EmptyBasisException:
-                    continue
+                except Exception as err:
+                    if is_empty_basis_error(err):
+                        continue
+                    raise
                 k = len(self._pairs)  # basis: (n_b, o, a * d, P)
                 self.register_buffer(f"basis_{k}", basis.reshape(basis.shape[0], basis.shape[1], r_in.size, d, -1))
                 self.register_buffer(f"out_idx_{k}", out_idx)
@@ -223,11 +232,9 @@ class _ProbabilisticFilter(SoftModule):
                 pathways.append(pathway)
         self.pathways = torch.nn.ModuleList(pathways)
         self._cache: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
-        # escnn registers persistent 'filter'/'matrix'/'expanded_bias' buffers that change with the mode
-        # (and break state_dict round trips between train and eval); this layer caches privately instead.
-        for name in ("filter", "matrix", "expanded_bias"):
-            if name in self._buffers:  # type: ignore[attr-defined]
-                del self._buffers[name]  # type: ignore[attr-defined]
+        # escnn registers persistent eval-mode buffers (the expanded filter or matrix, and bias) that change with
+        # the mode (and break state_dict round trips between train and eval); this layer caches privately instead.
+        drop_mode_dependent_buffers_(self)  # type: ignore[arg-type]
 
     def _strict_expansion(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
@@ -337,7 +344,7 @@ class _ProbabilisticConv(_ProbabilisticFilter):
         try:
             escnn_conv.__init__(self, in_type, out_type, kernel_size, initialize=False, **conv_kwargs)
         except ValueError as err:
-            if "filter is empty" not in str(err):
+            if not is_empty_basis_error(err):
                 raise
             raise _empty_basis(kernel_size) from None
         privatize_(self.basisexpansion)  # type: ignore[attr-defined]
@@ -348,8 +355,10 @@ class _ProbabilisticConv(_ProbabilisticFilter):
 
     def _init_conv(self, in_type, out_type, kernel_size, likelihood, L, L_out, parameterisation, dilation, sigma,
                    frequencies_cutoff, rings, basis_filter, initialize) -> None:
-        bf, _, _, _ = compute_basis_params(kernel_size, frequencies_cutoff, rings, sigma, dilation, basis_filter)
-        self._setup(in_type, out_type, likelihood, L, L_out, parameterisation, self._build_kernel_basis,  # type: ignore
+        # R2Conv's rule in both dimensions, as ever (R3Conv's also accepts the strings 'default1'...'default3')
+        bf, _, _, _ = compute_basis_params_2d(kernel_size, frequencies_cutoff, rings, sigma, dilation, basis_filter)
+        self._setup(in_type, out_type, likelihood, L, L_out, parameterisation,
+                    kernel_basis_generator(self),  # type: ignore[arg-type]
                     self.basisexpansion.points, bf, initialize)  # type: ignore[attr-defined]
 
     def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -371,7 +380,7 @@ class _ProbabilisticConv(_ProbabilisticFilter):
             out = conv(x, filt, bias, stride=self.stride, padding=self.padding,  # type: ignore[attr-defined]
                        dilation=self.dilation)  # type: ignore[attr-defined]
         else:
-            x = F.pad(x, self._reversed_padding_repeated_twice, self.padding_mode)  # type: ignore
+            x = F.pad(x, reversed_padding(self), self.padding_mode)  # type: ignore
             out = conv(x, filt, bias, stride=self.stride, dilation=self.dilation)  # type: ignore[attr-defined]
         return GeometricTensor(out, self.out_type, coords=None)  # type: ignore[attr-defined]
 

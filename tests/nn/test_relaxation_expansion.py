@@ -4,16 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from escnn_soft._escnn import expansion_blocks, expansion_shape
 from escnn_soft.nn import RelaxedR2Conv
-from escnn_soft.nn._relaxation import _blocks, expand_blocks
+from escnn_soft.nn._relaxation import expand_blocks
 from tests.nn.relaxed_common import field_types
 
 
 def _dense(expansion, coefficients):
     """The dense contraction over every basis element, block by block (the reference)."""
-    out = coefficients.new_zeros(coefficients.shape[0], expansion._output_size, expansion._input_size, expansion.S)
+    out = coefficients.new_zeros(coefficients.shape[0], *expansion_shape(expansion), expansion.S)
     f = coefficients.shape[0]
-    for blk in _blocks(expansion):
+    for blk in expansion_blocks(expansion):
         b, o, i, p = blk.basis.shape
         c = coefficients[:, blk.start:blk.stop].reshape(f, blk.out_count * blk.in_count, b)
         k = torch.einsum("boip,fkb->fkoip", blk.basis, c).reshape(f, blk.out_count, blk.in_count, o, i, p)
