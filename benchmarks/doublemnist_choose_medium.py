@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import doublemnist  # noqa: E402  (the comparison's run helper: one process per run, cached)
+import doublemnist
 
-from escnn_soft.models import build_model  # noqa: E402
-from escnn_soft.regularization import regularization_loss  # noqa: E402
+from escnn_soft.models import build_model
+from escnn_soft.regularization import regularization_loss
 
 
 def step_seconds(method: str, k: int, batch_size: int, rounds: int = 5) -> float:
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((k, e, res["test_accuracy"], train_acc, minutes))
             print(f"k={k} epochs={e}: CNN test {res['test_accuracy']:.3f}, train {train_acc:.3f}; probabilistic run "
                   f"≈ {minutes:.0f} min (step {step * 1000:.0f} ms)", flush=True)
-    lines = [f"CNN on DoubleMNIST-{cfg.symmetry}, thesis network, {cfg.n_images} images, batch 32, Adam 5e-3 cosine, "
-             "seed 0; predicted minutes of one probabilistic run (λ band limit 4, one thread, training steps only).",
+    lines = [(f"CNN on DoubleMNIST-{cfg.symmetry}, thesis network, {cfg.n_images} images, batch 32, Adam 5e-3 cosine, "
+             "seed 0; predicted minutes of one probabilistic run (λ band limit 4, one thread, training steps only)."),
              "", "| k | epochs | CNN test | CNN train | probabilistic run (min) | meets the rule |", "|---|---|---|---|---|---|"]
     chosen = None
     for k, e, test, train, minutes in rows:
