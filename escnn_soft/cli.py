@@ -95,9 +95,10 @@ def _report(model: torch.nn.Module, test_images: torch.Tensor, out: Path, name: 
 
 
 def _describe_degrees(model: torch.nn.Module, out: Path, name: str) -> list[str]:
-    """One line per soft layer saying what it learned; PNG plots of every likelihood and of every DS layer's
-    learned matrices."""
-    from escnn_soft.likelihood import GroupLikelihood
+    """One line per soft layer saying what it learned; a PNG of every soft layer's ``plot()`` (the soft-layer
+    contract, :mod:`escnn_soft.nn.base`): the likelihood of every probabilistic layer, the learned matrices of
+    every DS layer."""
+    from escnn_soft.nn.base import SoftModule
 
     lines = []
     for layer, deg in method_summary(model).items():
@@ -109,17 +110,10 @@ def _describe_degrees(model: torch.nn.Module, out: Path, name: str) -> list[str]
         lines.append(f"  {layer:<24} " + "; ".join(parts))
     import matplotlib.pyplot as plt
 
-    from escnn_soft.nn.doubly_stochastic import _DSConv
-
     for layer_name, module in model.named_modules():
-        lik = getattr(module, "likelihood", None)
-        if isinstance(lik, GroupLikelihood):
-            fig = lik.plot()
-            fig.savefig(out / f"{name}_likelihood_{layer_name.replace('.', '_')}.png", dpi=100)
-            plt.close(fig)
-        elif isinstance(module, _DSConv):
-            fig = module.plot()
-            fig.savefig(out / f"{name}_matrices_{layer_name.replace('.', '_')}.png", dpi=100)
+        fig = module.plot() if isinstance(module, SoftModule) else None
+        if fig is not None:
+            fig.savefig(out / f"{name}_{module.plot_kind}_{layer_name.replace('.', '_')}.png", dpi=100)
             plt.close(fig)
     return lines
 

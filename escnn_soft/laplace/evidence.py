@@ -87,22 +87,16 @@ def _curvature_mode(model: nn.Module, targets: Iterable[nn.Module]) -> Iterator[
 def _default_hyperparameters(model: nn.Module) -> list[Tensor]:
     """The trainable hyperparameters of the soft layers in ``model``.
 
-    ``hyperparameter_parameters()`` of a layer that defines it (relaxed layers: log amplitudes,
-    lengthscales, variances, smoothness), every parameter of a :class:`escnn_soft.GroupLikelihood`
-    (probabilistic layers' likelihood coefficients), and the Sinkhorn ``logits`` of doubly-stochastic layers.
+    The ``hyperparameter_parameters()`` of every :class:`escnn_soft.nn.SoftModule` (the soft-layer contract,
+    :mod:`escnn_soft.nn.base`) in module order, shared tensors once: relaxed layers' log amplitudes,
+    lengthscales, variances and smoothness, probabilistic layers' likelihood coefficients, doubly-stochastic
+    layers' Sinkhorn ``logits``.
     """
-    from escnn_soft.likelihood import GroupLikelihood
-    from escnn_soft.nn.doubly_stochastic import _DSConv
-
     found: list[Tensor] = []
     for m in model.modules():
-        if isinstance(m, SoftModule) and hasattr(m, "hyperparameter_parameters"):
+        if isinstance(m, SoftModule):
             hp = m.hyperparameter_parameters()
             found += list(hp.values()) if isinstance(hp, dict) else list(hp)
-        elif isinstance(m, GroupLikelihood):
-            found += list(m.parameters())
-        elif isinstance(m, _DSConv):
-            found.append(m.logits)
     return list({id(t): t for t in found if t.requires_grad}.values())
 
 

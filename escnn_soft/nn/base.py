@@ -2,17 +2,29 @@
 
 A soft layer is an :class:`escnn.nn.EquivariantModule` (it takes and returns
 :class:`escnn.nn.GeometricTensor`, implements ``evaluate_output_shape`` and ``export()``) that also
-inherits :class:`SoftModule`, which adds two methods:
+inherits :class:`SoftModule`, which adds:
 
 * ``degree()`` — a small, JSON-serialisable dict saying what the layer learned about its own
   equivariance (the meaning of the keys is per method and documented by each layer);
 * ``penalty()`` — the layer's own regulariser, already multiplied by the layer's weights, as a
-  scalar tensor. :func:`escnn_soft.regularization_loss` sums these over a model.
+  scalar tensor. :func:`escnn_soft.regularization_loss` sums these over a model;
+* ``hyperparameter_parameters()`` — the layer's own hyperparameter tensors, an ordered ``{name: tensor}``
+  dict (empty by default), that the Laplace evidence tunes (:class:`escnn_soft.laplace.LaplaceEvidence`
+  with ``hyperparameters=None`` collects them over a model in module order, keeping the trainable ones);
+  relaxed layers: their log-scale amplitude, lengthscale, variances or smoothness; probabilistic layers:
+  their likelihood's coefficients; doubly-stochastic layers: the Sinkhorn ``logits``;
+* ``plot()`` — a matplotlib figure of what the layer learned, or ``None`` (the default) when the layer has
+  nothing to plot; ``plot_kind`` names the figure (the command line writes it to
+  ``<name>_<plot_kind>_<layer>.png``). Probabilistic layers plot their likelihood λ (``"likelihood"``),
+  doubly-stochastic layers their learned matrices (``"matrices"``).
+
+Code that works over every soft layer (the command line, the Laplace evidence) uses only this contract,
+never the layer classes.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -52,3 +64,15 @@ class SoftModule:
         """The layer's own weighted regulariser (a scalar tensor); zero by default."""
         ref = first_parameter(self)  # type: ignore[arg-type]
         return ref.new_zeros(()) if ref is not None else torch.zeros(())
+
+    #: the name of what :meth:`plot` shows, used in file names (``<name>_<plot_kind>_<layer>.png``)
+    plot_kind: ClassVar[str] = "plot"
+
+    def hyperparameter_parameters(self) -> dict[str, torch.Tensor]:
+        """The layer's own hyperparameter tensors that the Laplace evidence tunes, ``{name: tensor}`` in a
+        fixed order; empty by default (a layer without hyperparameters)."""
+        return {}
+
+    def plot(self) -> Any:
+        """A matplotlib figure of what the layer learned, or ``None`` (the default): nothing to plot."""
+        return None

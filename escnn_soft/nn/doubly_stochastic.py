@@ -380,6 +380,12 @@ class _DSConv(EquivariantModule, SoftModule):
             "element_matching": {str(elements[r]): str(elements[c]) for r, c in zip(rows, cols)},
         }
 
+    plot_kind = "matrices"
+
+    def hyperparameter_parameters(self) -> dict[str, torch.Tensor]:
+        """The Sinkhorn ``logits``, which the Laplace evidence tunes."""
+        return {"logits": self.logits}
+
     @torch.no_grad()
     def plot(self):
         """The learned matrices :math:`P_g` (one panel per element of ``G.elements``, white = 1) next to the

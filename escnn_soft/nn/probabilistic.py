@@ -285,6 +285,16 @@ class _ProbabilisticFilter(SoftModule):
         self._cache = None
         return super()._apply(fn, recurse)  # type: ignore[misc]
 
+    plot_kind = "likelihood"
+
+    def hyperparameter_parameters(self) -> dict[str, torch.Tensor]:
+        """The coefficients of the layer's likelihood λ (``likelihood.<name>``), which the Laplace evidence tunes."""
+        return {f"likelihood.{n}": p for n, p in self.likelihood.named_parameters()}
+
+    def plot(self, ax=None):
+        """λ over the group (:meth:`escnn_soft.GroupLikelihood.plot`); returns the figure."""
+        return self.likelihood.plot(ax)
+
     def degree(self, subgroups: dict[str, Any] | None = None) -> dict[str, Any]:
         """What the layer kept: ``{"group", "entropy", "nonequivariant_fraction", "subgroups": {name:
         {"equivariant_fraction"}}}``, one measure per subgroup, read off the filter.

@@ -9,31 +9,14 @@ import escnn_soft as es
 from escnn_soft.metrics import equivariance_error, grid_exact_elements
 from escnn_soft.nn import ProbabilisticLinear, ProbabilisticR2Conv, ProbabilisticR3Conv
 from escnn_soft.testing import assert_equivariant, random_input
-
-
-def _types(gs, width=1):
-    G = gs.fibergroup
-    if G.order() > 0:
-        hidden = [gs.regular_repr] * width
-    else:
-        hidden = [gs.irrep(*i) for i in G.bl_irreps(2)] * width
-    return nn.FieldType(gs, [gs.trivial_repr] + hidden), nn.FieldType(gs, [gs.trivial_repr] * 2 + hidden)
-
-
-GSPACES_2D = {
-    "C4": lambda: gspaces.rot2dOnR2(4),
-    "C8": lambda: gspaces.rot2dOnR2(8),
-    "D4": lambda: gspaces.flipRot2dOnR2(4),
-    "SO2": lambda: gspaces.rot2dOnR2(-1, maximum_frequency=4),
-    "O2": lambda: gspaces.flipRot2dOnR2(-1, maximum_frequency=4),
-}
+from tests.registry import GSPACES_2D, gspace, mixed_types
 
 
 @pytest.mark.parametrize("name", list(GSPACES_2D))
 def test_initial_layer_is_the_strict_r2conv(name):
     """(a) uniform λ: filters in escnn's strict kernel space, output equal to R2Conv with the same weights."""
-    gs = GSPACES_2D[name]()
-    in_type, out_type = _types(gs)
+    gs = gspace(name)
+    in_type, out_type = mixed_types(gs)
     layer = ProbabilisticR2Conv(in_type, out_type, 5, padding=2, L=2)
     assert len(layer.pathways) > 0
     assert_equivariant(layer)
@@ -45,12 +28,12 @@ def test_initial_layer_is_the_strict_r2conv(name):
 
 
 def _he_cases():
-    so2 = gspaces.rot2dOnR2(-1, maximum_frequency=4)
-    so3 = gspaces.rot3dOnR3(maximum_frequency=1)
+    so2 = gspace("SO2")
+    so3 = gspace("SO3", 1)
     c4 = gspaces.no_base_space(group.cyclic_group(4))
     t3 = nn.FieldType(so3, [so3.trivial_repr, so3.irrep(1)])
     t0 = nn.FieldType(c4, [c4.regular_repr] * 2)
-    return {"R2Conv": (nn.R2Conv, ProbabilisticR2Conv, *_types(so2, width=2), (5,)),
+    return {"R2Conv": (nn.R2Conv, ProbabilisticR2Conv, *mixed_types(so2, width=2), (5,)),
             "R3Conv": (nn.R3Conv, ProbabilisticR3Conv, t3, t3, (3,)),
             "Linear": (nn.Linear, ProbabilisticLinear, t0, t0, ())}
 
@@ -67,7 +50,7 @@ def test_initial_weights_are_escnn_he_initialisation_with_the_same_draws(case):
 
 
 def test_initial_r3conv_and_linear_are_strict():
-    gs = gspaces.rot3dOnR3(maximum_frequency=1)
+    gs = gspace("SO3", 1)
     t_in = nn.FieldType(gs, [gs.trivial_repr, gs.irrep(1)])
     layer = ProbabilisticR3Conv(t_in, t_in, 3, padding=1, L=1)
     assert_equivariant(layer, x=random_input(layer, size=5))
@@ -91,14 +74,14 @@ def _subgroup_indicator(lik, sid):
 
 
 @pytest.mark.parametrize("gspace, sid, inside, outside", [
-    (lambda: gspaces.rot2dOnR2(4), 2, ["2[2pi/4]"], ["1[2pi/4]", "3[2pi/4]"]),
-    (lambda: gspaces.flipRot2dOnR2(4), (0, 1), ["(-, 0[2pi/4])"], ["(+, 1[2pi/4])", "(-, 1[2pi/4])"]),
-    (lambda: gspaces.flipRot2dOnR2(4), (None, 4), ["(+, 1[2pi/4])", "(+, 2[2pi/4])"], ["(-, 0[2pi/4])"]),
+    (lambda: gspace("C4"), 2, ["2[2pi/4]"], ["1[2pi/4]", "3[2pi/4]"]),
+    (lambda: gspace("D4"), (0, 1), ["(-, 0[2pi/4])"], ["(+, 1[2pi/4])", "(-, 1[2pi/4])"]),
+    (lambda: gspace("D4"), (None, 4), ["(+, 1[2pi/4])", "(+, 2[2pi/4])"], ["(-, 0[2pi/4])"]),
 ], ids=["C4>C2", "D4>flips", "D4>C4"])
 def test_likelihood_uniform_on_subgroup_gives_exactly_that_equivariance(gspace, sid, inside, outside):
     """(b) λ uniform on S and 0 elsewhere: exactly S-equivariant, measurably not equivariant outside S."""
     gs = gspace()
-    in_type, out_type = _types(gs)
+    in_type, out_type = mixed_types(gs)
     layer = ProbabilisticR2Conv(in_type, out_type, 5, padding=2, L=10)  # every irrep of the finite group
     layer.likelihood.fit_density_(_subgroup_indicator(layer.likelihood, sid))
     torch.manual_seed(0)
@@ -119,8 +102,8 @@ def test_likelihood_uniform_on_subgroup_gives_exactly_that_equivariance(gspace, 
 def test_equivariant_fraction_is_the_filter_part_that_respects_each_subgroup():
     """k_{λ - P_S λ} is the S-breaking part of the filter: its symmetrisation over S vanishes, and its norm
     relative to the filter is 1 - equivariant_fraction (checked by brute force on D4 with a random λ)."""
-    gs = gspaces.flipRot2dOnR2(4)
-    in_type, out_type = _types(gs)
+    gs = gspace("D4")
+    in_type, out_type = mixed_types(gs)
     torch.manual_seed(0)
     layer = ProbabilisticR2Conv(in_type, out_type, 5, padding=2, L=10)
     layer.likelihood.coefficients.data.normal_()
@@ -159,7 +142,7 @@ def _fit(layer, x, y, steps=300):
 def test_peaked_likelihood_fits_a_non_equivariant_target():
     """(c) λ peaked at e: the layer fits a target the strict layer cannot."""
     torch.manual_seed(0)
-    gs = gspaces.rot2dOnR2(4)
+    gs = gspace("C4")
     in_type = nn.FieldType(gs, [gs.trivial_repr])
     out_type = nn.FieldType(gs, [gs.trivial_repr])
     x = in_type(torch.randn(8, 1, 11, 11))
@@ -176,8 +159,8 @@ def test_peaked_likelihood_fits_a_non_equivariant_target():
 
 def test_gradients_reach_weights_and_likelihood():
     torch.manual_seed(0)
-    gs = gspaces.rot2dOnR2(-1, maximum_frequency=3)
-    in_type, out_type = _types(gs)
+    gs = gspace("SO2", 3)
+    in_type, out_type = mixed_types(gs)
     layer = ProbabilisticR2Conv(in_type, out_type, 3, padding=1, L=2)
     x = random_input(layer, dtype=torch.float32)
     layer(x).tensor.pow(2).sum().backward()
@@ -191,7 +174,7 @@ def test_gradients_reach_weights_and_likelihood():
 
 
 def test_gradcheck_on_a_tiny_layer():
-    gs = gspaces.rot2dOnR2(4)
+    gs = gspace("C4")
     t = nn.FieldType(gs, [gs.regular_repr])
     layer = ProbabilisticR2Conv(t, t, 3, padding=1, L=10).double()
     torch.manual_seed(0)
@@ -210,8 +193,8 @@ def test_gradcheck_on_a_tiny_layer():
 
 
 def test_export_and_state_dict_round_trips_between_modes():
-    gs = gspaces.flipRot2dOnR2(4)
-    in_type, out_type = _types(gs)
+    gs = gspace("D4")
+    in_type, out_type = mixed_types(gs)
     torch.manual_seed(0)
     layer = ProbabilisticR2Conv(in_type, out_type, 5, padding=2, L=2)
     with torch.no_grad():
@@ -235,8 +218,8 @@ def test_export_and_state_dict_round_trips_between_modes():
 
 
 def test_eval_cache_is_never_stale_after_an_optimiser_step():
-    gs = gspaces.rot2dOnR2(8)
-    in_type, out_type = _types(gs)
+    gs = gspace("C8")
+    in_type, out_type = mixed_types(gs)
     layer = ProbabilisticR2Conv(in_type, out_type, 3, padding=1, L=2).eval()
     x = random_input(layer, dtype=torch.float32)
     with torch.no_grad():
@@ -253,7 +236,7 @@ def test_eval_cache_is_never_stale_after_an_optimiser_step():
 
 
 def test_shared_likelihood_is_one_parameter_set_and_models_share_nothing():
-    gs = gspaces.rot2dOnR2(4)
+    gs = gspace("C4")
     t = nn.FieldType(gs, [gs.regular_repr])
     lik = es.GroupLikelihood(gs.fibergroup, L=2)
     model = nn.SequentialModule(ProbabilisticR2Conv(t, t, 3, likelihood=lik), ProbabilisticR2Conv(t, t, 3, likelihood=lik))
@@ -267,7 +250,7 @@ def test_shared_likelihood_is_one_parameter_set_and_models_share_nothing():
 
 
 def test_regularization_loss_sums_alignment_and_kl_with_weights():
-    gs = gspaces.rot2dOnR2(-1, maximum_frequency=2)
+    gs = gspace("SO2", 2)
     t = nn.FieldType(gs, [gs.irrep(0), gs.irrep(1)])
     model = nn.SequentialModule(ProbabilisticR2Conv(t, t, 3, L=1), ProbabilisticR2Conv(t, t, 3, L=1))
     assert float(es.regularization_loss(model)) == pytest.approx(0.0, abs=1e-9)
@@ -291,19 +274,19 @@ def test_regularization_loss_sums_alignment_and_kl_with_weights():
     (lambda t, u: ProbabilisticR2Conv(t, u, 3, L=-1), "L=-1"),
     (lambda t, u: ProbabilisticR2Conv(t, u, 3, L=2, L_out=1), "L_out=1"),
     (lambda t, u: ProbabilisticR2Conv(t, u, 3, likelihood=es.GroupLikelihood(group.cyclic_group(8))), "likelihood"),
-    (lambda t, u: ProbabilisticR2Conv(t, nn.FieldType(gspaces.rot2dOnR2(4), [gspaces.rot2dOnR2(4).trivial_repr]), 3),
+    (lambda t, u: ProbabilisticR2Conv(t, nn.FieldType(gspace("C4"), [gspace("C4").trivial_repr]), 3),
      "out_type"),
     (lambda t, u: ProbabilisticR2Conv(t, u, 3, groups=2), "groups=2"),
 ])
 def test_bad_input(make, match):
-    gs = gspaces.flipRot2dOnR2(4)
+    gs = gspace("D4")
     t = nn.FieldType(gs, [gs.regular_repr])
     with pytest.raises(ValueError, match=match):
         make(t, t)
 
 
 def test_wrong_input_type_is_rejected():
-    gs = gspaces.rot2dOnR2(4)
+    gs = gspace("C4")
     t = nn.FieldType(gs, [gs.regular_repr])
     layer = ProbabilisticR2Conv(t, t, 3)
     with pytest.raises(TypeError, match="input"):
@@ -316,8 +299,8 @@ def test_wrong_input_type_is_rejected():
 def test_degree_has_one_measure_per_subgroup_and_names_a_bad_subgroup():
     """Per subgroup only ``equivariant_fraction`` (λ's own statistics live on ``layer.likelihood``), also for a
     layer without pathways, whose bad subgroup ids are still rejected by name."""
-    gs = gspaces.flipRot2dOnR2(4)
-    in_type, out_type = _types(gs)
+    gs = gspace("D4")
+    in_type, out_type = mixed_types(gs)
     torch.manual_seed(0)
     layer = ProbabilisticR2Conv(in_type, out_type, 5, padding=2, L=10)
     degree = layer.degree()

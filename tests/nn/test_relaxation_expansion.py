@@ -7,7 +7,7 @@ import torch
 from escnn_soft._escnn import expansion_blocks, expansion_shape
 from escnn_soft.nn import RelaxedR2Conv
 from escnn_soft.nn._relaxation import expand_blocks
-from tests.nn.relaxed_common import field_types
+from tests.registry import conv_types as field_types
 
 
 def _dense(expansion, coefficients):

@@ -9,12 +9,10 @@
 """
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
 import torch
-from escnn import gspaces
 from escnn import nn as enn
 
 from escnn_soft.laplace import LaplaceEvidence
@@ -23,31 +21,14 @@ from escnn_soft.nn import RelaxedR3Conv, RPPR3Conv, RSteerR3Conv
 from escnn_soft.nn._relaxation import subgroup_test_elements
 from escnn_soft.nn.relaxed import RelaxedConvExport
 from escnn_soft.testing import assert_equivariant, random_input
+from tests.registry import vector
 
 CLASSES = [RelaxedR3Conv, RPPR3Conv, RSteerR3Conv]
 
 
-@functools.cache
-def _gspace(name: str):
-    if name == "SO3":
-        return gspaces.rot3dOnR3(maximum_frequency=2)
-    if name == "O3":
-        return gspaces.flipRot3dOnR3(maximum_frequency=2)
-    return gspaces.octaOnR3()
-
-
-def field_type(name: str) -> enn.FieldType:
-    gs = _gspace(name)
-    if name == "SO3":
-        return enn.FieldType(gs, [gs.trivial_repr, gs.irrep(1)])
-    if name == "O3":
-        return enn.FieldType(gs, [gs.trivial_repr, gs.irrep(1, 1)])
-    return enn.FieldType(gs, [gs.trivial_repr, gs.fibergroup.standard_representation])
-
-
 def soft_and_strict(cls, name: str, sid, **kwargs):
     torch.manual_seed(0)
-    t = field_type(name)
+    t = vector(name)
     strict = enn.R3Conv(t, t, 3, padding=1, recompute=True)
     return cls.from_r3conv(strict, relaxed_subgroup=sid, **kwargs).double(), strict.double()
 
@@ -160,7 +141,7 @@ def test_relaxed_gains_are_invariant_on_the_grid():
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_laplace_evidence_is_structured_and_differentiable(cls):
     torch.manual_seed(0)
-    t = field_type("SO3")
+    t = vector("SO3")
     a = cls(t, t, 3, padding=1)
 
     class Net(torch.nn.Module):
