@@ -141,18 +141,26 @@ def _kept(layers: dict[str, str]) -> str:
     return ", ".join(f"{sub} x{n}" for sub, n in counts.items())
 
 
+def _start_epoch(train, sampler: DistributedSampler | None, epoch: int) -> None:
+    """Before epoch ``epoch`` (0-based): the dataset's re-drawn group elements (``DoubleMNIST(redraw=True)``) and
+    the distributed sampler's shuffle."""
+    if hasattr(train, "set_epoch"):
+        train.set_epoch(epoch)
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+
+
 def _train_loader(train, args: argparse.Namespace, ctx: DistContext, epoch: int) -> DataLoader:
     """Epoch ``epoch``'s batches: one shuffling generator per epoch in one process, a ``DistributedSampler``
     (seeded with ``--seed``, ``set_epoch``) under ``torchrun``, where each rank takes ``--batch-size`` /
     world size images of every global batch; either way a resumed run sees the same batches."""
-    if hasattr(train, "set_epoch"):  # re-drawn group elements (DoubleMNIST(redraw=True))
-        train.set_epoch(epoch)
     if ctx.world_size == 1:
+        _start_epoch(train, None, epoch)
         return DataLoader(train, batch_size=args.batch_size, shuffle=True,
                           generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch))
     sampler = DistributedSampler(train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed,
                                  drop_last=True)
-    sampler.set_epoch(epoch)
+    _start_epoch(train, sampler, epoch)
     return DataLoader(train, batch_size=args.batch_size // ctx.world_size, sampler=sampler, drop_last=True)
 
 
@@ -316,11 +324,7 @@ def _train_marglik(model: torch.nn.Module, train, args: argparse.Namespace, ctx:
         loader = DataLoader(train, batch_size=args.batch_size // ctx.world_size, drop_last=True, sampler=sampler)
 
     def next_epoch(epoch: int, state: dict[str, Any] | None = None) -> None:
-        """Before epoch ``epoch`` (0-based): re-drawn group elements, and the distributed sampler's shuffle."""
-        if hasattr(train, "set_epoch"):
-            train.set_epoch(epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        _start_epoch(train, sampler, epoch)
 
     next_epoch(0)
     model, hist = marglik_training(model, loader, n_epochs=args.epochs, lr=args.lr,
