@@ -62,6 +62,7 @@ from torch import Tensor
 
 from escnn_soft._escnn import BlocksBasisExpansion, expansion_blocks, expansion_shape
 from escnn_soft.laplace.hooks import OpCall, output_gram, unfold_patches
+from escnn_soft.laplace.parameters import LaplaceParameter
 
 __all__ = [
     "DENSE_LIMIT",
@@ -513,14 +514,14 @@ def _dense_jacobian(out: Tensor, param: Tensor, create_graph: bool, what: str) -
 
 
 def plan_terms(calls: Sequence[OpCall], expansions: Sequence[tuple[str, BlocksBasisExpansion, Tensor]],
-               params: Sequence[tuple[str, Tensor, str, str]], modules: dict[str, torch.nn.Module],
+               params: Sequence[LaplaceParameter], modules: dict[str, torch.nn.Module],
                hyper: Sequence[Tensor], differentiable: bool, blocks: bool = True
                ) -> tuple[list[Term], dict[Key, SlotStats]]:
     """Choose the curvature structure of every trained tensor from one recorded forward pass.
 
     Args:
         calls, expansions: what :class:`~escnn_soft.laplace.hooks.OpRecorder` recorded.
-        params: ``(name, tensor, layer path, layer type name)`` of each Laplace parameter.
+        params: the Laplace parameters (:class:`~escnn_soft.laplace.parameters.LaplaceParameter`).
         modules: layer path -> module.
         hyper: hyperparameters; with ``differentiable`` the pull-back keeps their graph.
         blocks: use :class:`BlocksTerm` for basis-expansion coefficients; ``False`` gives them the dense
@@ -540,8 +541,9 @@ def plan_terms(calls: Sequence[OpCall], expansions: Sequence[tuple[str, BlocksBa
     def slot(key: Key) -> SlotStats:
         return stats.setdefault(key, SlotStats(name=key[0]))
 
-    for i, (name, p, layer, kind) in enumerate(params):
-        what = f"parameter '{name}' of layer '{layer}' ({kind})"
+    for i, param in enumerate(params):
+        p, layer = param.tensor, param.layer
+        what = f"parameter '{param.name}' of layer '{layer}' ({param.layer_type})"
         own = [c for c in first.values() if c.module == layer]
         reach = []
         for candidates in (own, [c for c in first.values() if c.module != layer]):

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import trange
 
 from escnn_soft.distributed import average_gradients, rank, sum_over_ranks, world_size
-from escnn_soft.laplace.evidence import LaplaceEvidence, _output, _to
+from escnn_soft.laplace.evidence import LaplaceEvidence
 
 __all__ = ["marglik_training", "refresh_batchnorm"]
 
@@ -313,19 +313,11 @@ def _train_epoch(model: nn.Module, loader: DataLoader, ev: LaplaceEvidence, opti
                  n_data: int, extra_loss: Callable[[nn.Module], Tensor] | None) -> float:
     """One epoch on the MAP objective; returns the mean loss per sample."""
     model.train()
-    with torch.no_grad():
-        delta = ev.prior_precision.detach()
-        h = ev._h(None).detach()
     total, seen = 0.0, 0
     for batch in loader:
-        x, y = _to(batch[0], ev._device), batch[1].to(ev._device)
+        x, y = ev.to_device(batch)
         optimizer.zero_grad()
-        f = _output(model(x))
-        ev._check_batch(f, y)
-        nll = h * ev._nll(f, y) / f.shape[0]
-        prior = sum(0.5 * delta[g] * p.pow(2).sum()
-                    for g, (_, p, _, _), inside in zip(ev._group_of, ev.params, ev._in_laplace) if inside)
-        loss = nll + prior / n_data
+        loss = ev.map_loss(model(x), y, n_data)
         if extra_loss is not None:
             loss = loss + extra_loss(model)
         if not bool(torch.isfinite(loss)):
@@ -336,7 +328,7 @@ def _train_epoch(model: nn.Module, loader: DataLoader, ev: LaplaceEvidence, opti
         seen += len(y)
     if seen == 0:
         raise ValueError("train_loader yielded no batches")
-    counts = torch.tensor([total, float(seen)], dtype=torch.float64, device=ev._device)
+    counts = torch.tensor([total, float(seen)], dtype=torch.float64, device=ev.device)
     total_seen = sum_over_ranks([counts])[0].tolist()
     return total_seen[0] / total_seen[1]
 

@@ -27,7 +27,7 @@ def test_unsupported_layer_names_path_and_supported_types():
 def test_excluding_the_unsupported_parameter_by_name():
     model = _mlp(act=torch.nn.PReLU())
     ev = LaplaceEvidence(model, exclude=["1.weight"]).fit(_data())
-    assert [name for name, *_ in ev.params] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert [p.name for p in ev.params] == ["0.weight", "0.bias", "2.weight", "2.bias"]
 
 
 def test_empty_loader():

@@ -39,8 +39,8 @@ def _brute_force_ggn(model, ev, x) -> torch.Tensor:
     hashes escnn's bases, and their ``__hash__`` reads tensor storage. The parameters are swapped by hand.
     """
     modules = dict(model.named_modules())
-    slots = [(modules[name.rpartition(".")[0]], name.rpartition(".")[2]) for name, _, _, _ in ev.params]
-    values = tuple(p.detach() for _, p, _, _ in ev.params)
+    slots = [(modules[name.rpartition(".")[0]], name.rpartition(".")[2]) for name in (p.name for p in ev.params)]
+    values = tuple(p.tensor.detach() for p in ev.params)
     model.train()  # escnn layers expand their filter from the weights in training mode
 
     def f(xi, *vals):
@@ -92,7 +92,7 @@ def test_kron_equals_kfac_with_one_field_per_layer():
     data = loader(x, y, 5)
     kron = LaplaceEvidence(model, "classification", "kron").fit(data)
     kfac = LaplaceEvidence(model, "classification", "kfac").fit(data)
-    assert {type(t) for t in kron._terms if kron.params[t.param_index][0].endswith("weights")} == {BlocksTerm}
+    assert {type(t) for t in kron.curvature.terms if kron.params[t.param_index].name.endswith("weights")} == {BlocksTerm}
     for delta in (0.01, 1.0):
         for a, b in zip(kron.per_layer(delta), kfac.per_layer(delta)):
             assert a["log_det"] == pytest.approx(b["log_det"], rel=1e-9, abs=1e-9)
@@ -131,10 +131,10 @@ def test_torch_layers_get_kron_terms_and_escnn_layers_block_terms():
     model = _net("regular")
     x, y = _data(4, model.types)
     ev = LaplaceEvidence(model, "classification").fit(loader(x, y, 4))
-    kinds = {ev.params[t.param_index][0]: type(t).__name__ for t in ev._terms}
+    kinds = {ev.params[t.param_index].name: type(t).__name__ for t in ev.curvature.terms}
     assert kinds == {"c1.weights": "BlocksTerm", "c1.bias": "BiasTerm", "c2.weights": "BlocksTerm",
                      "c2.bias": "BiasTerm", "out.weight": "KronTerm", "out.bias": "BiasTerm"}
-    assert isinstance(ev._terms[-2], KronTerm) and float(ev._terms[-2].c) == 1.0
+    assert isinstance(ev.curvature.terms[-2], KronTerm) and float(ev.curvature.terms[-2].c) == 1.0
 
 
 @pytest.mark.parametrize("d,kernel,stride,padding,dilation", [
@@ -222,7 +222,7 @@ def test_soft_layers_get_structured_curvature(kind):
     exclude = ["a.bias", "a.bank_coefficients", "b.bias", "b.bank_coefficients"] if kind == "relaxed" else None
     ev = LaplaceEvidence(model, exclude=exclude or "default")
     ev.fit(loader(x, torch.randint(0, 3, (6,)), 3), differentiable=True)
-    kinds = {ev.params[t.param_index][0]: type(t).__name__ for t in ev._terms}
+    kinds = {ev.params[t.param_index].name: type(t).__name__ for t in ev.curvature.terms}
     assert "DenseTerm" not in kinds.values(), kinds
     expected = {n: "BiasTerm" if n.endswith("bias") else "BlocksTerm" for n in kinds if n[:2] in ("a.", "b.")}
     if kind == "rpp":

@@ -10,7 +10,7 @@ import pytest
 import torch
 from laplace import KronLaplace
 
-from escnn_soft.laplace import LaplaceEvidence, evidence
+from escnn_soft.laplace import LaplaceEvidence, structures
 from tests.laplace import loader
 
 RTOL = 1e-4
@@ -53,20 +53,20 @@ def test_head_bottleneck_gives_the_same_curvature(monkeypatch):
     compressed there: 6 backward passes through the network per batch instead of 10, and the same curvature as
     one pass per class (which the differentiable fit keeps)."""
     passes = []
-    backprop = evidence._backprop
+    backprop = structures._backprop
 
     def counting(out, cols, *args):
         passes.append(cols.shape[-1])
         backprop(out, cols, *args)
 
-    monkeypatch.setattr(evidence, "_backprop", counting)
+    monkeypatch.setattr(structures, "_backprop", counting)
     model = _cnn(10)
     data = loader(torch.randn(20, 2, 6, 6, dtype=torch.float64), torch.randint(0, 10, (20,)), 8)
     compressed = LaplaceEvidence(model, "classification").fit(data)
     assert passes == [6, 6, 6]
     per_class = LaplaceEvidence(model, "classification").fit(data, differentiable=True)
     assert passes[3:] == [10, 10, 10]
-    for (_, blocks_a), (_, blocks_b) in zip(compressed._spectra, per_class._spectra):
+    for (_, blocks_a), (_, blocks_b) in zip(compressed.curvature.spectra, per_class.curvature.spectra):
         for factors_a, factors_b in zip(blocks_a, blocks_b):
             for a, b in zip(factors_a, factors_b):
                 b = b.detach()

@@ -161,7 +161,7 @@ def test_laplace_evidence_is_structured_and_differentiable(cls):
     exclude = ["a.bias", "a.bank_coefficients"] if cls is RelaxedR3Conv else "default"
     ev = LaplaceEvidence(model, exclude=exclude)
     ev.fit(data, differentiable=True)
-    kinds = {ev.params[term.param_index][0]: type(term).__name__ for term in ev._terms}
+    kinds = {ev.params[term.param_index].name: type(term).__name__ for term in ev.curvature.terms}
     assert "DenseTerm" not in kinds.values(), kinds
     assert kinds["a.weights"] == "BlocksTerm"
     lml = ev.log_marginal_likelihood()
