@@ -39,8 +39,8 @@ from collections.abc import Callable
 import torch
 
 import escnn_soft as es
+from escnn_soft.doublemnist.networks import PlainDoubleMNISTNet, _gated_types, build_model, make_gspace
 from escnn_soft.laplace import LaplaceEvidence
-from escnn_soft.models import PlainDoubleMNISTNet, _gated_types, build_model, make_gspace
 
 
 def _loader(n: int, batch_size: int) -> torch.utils.data.DataLoader:

@@ -3,7 +3,7 @@
 Both networks are built in one process with the same seed (same weights) and timed in interleaved rounds
 (one step of each per round, after warm-up), so that load from other jobs on the machine hits both alike.
 A step is forward + cross-entropy + ``regularization_loss`` (alignment and KL) + backward + Adam, as in
-``escnn_soft.bench``. Also timed: the likelihood part alone (every layer's Fourier matrices and the
+``escnn_soft.doublemnist.bench``. Also timed: the likelihood part alone (every layer's Fourier matrices and the
 regulariser, forward and backward).
 
     .venv/bin/python benchmarks/bench_parameterisation.py --groups SO2,O2 --L 2,4

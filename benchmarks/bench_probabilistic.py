@@ -1,7 +1,7 @@
 """Issue 3 numbers: probabilistic vs strict escnn vs plain torch on the DoubleMNIST network.
 
 Targets (CPU, batch 32, 2 threads): training step <= 1.3x strict, eval forward <= 1.05x strict,
-construction <= 2x strict. Each method runs in a fresh process (see escnn_soft.bench).
+construction <= 2x strict. Each method runs in a fresh process (see escnn_soft.doublemnist.bench).
 
     .venv/bin/python benchmarks/bench_probabilistic.py [--device cuda] [--out benchmarks/results_probabilistic.md]
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from escnn_soft.bench import run_benchmarks
+from escnn_soft.doublemnist.bench import run_benchmarks
 
 
 def main() -> None:

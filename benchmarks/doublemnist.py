@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from escnn_soft.cli import SYMMETRIES
+from escnn_soft.doublemnist.config import SYMMETRIES
 from escnn_soft.models import ARCHS, METHODS, READOUTS
 
 #: the medium scale, chosen by benchmarks/doublemnist_choose_medium.py (its table: doublemnist_medium/choice/choice.md)

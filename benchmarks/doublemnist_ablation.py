@@ -25,9 +25,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from escnn_soft.data import DoubleMNIST
+from escnn_soft.doublemnist.training import cosine_lr, evaluate
 from escnn_soft.models import READOUTS, build_model, method_summary
 from escnn_soft.regularization import regularization_loss
-from escnn_soft.training import cosine_lr, evaluate
 
 #: variant: (α_align, α_KL, likelihood learning-rate factor, likelihood band limit L)
 VARIANTS = {"default": (5.0, 3.0, 1.0, 2), "noreg": (0.0, 0.0, 1.0, 2), "lik_lr0.1": (5.0, 3.0, 0.1, 2),

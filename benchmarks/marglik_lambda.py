@@ -38,9 +38,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from escnn_soft.data import DoubleMNIST
+from escnn_soft.doublemnist.training import cosine_lr, evaluate, set_lr, train_epoch
 from escnn_soft.models import build_model
 from escnn_soft.nn.base import SoftModule
-from escnn_soft.training import cosine_lr, evaluate, set_lr, train_epoch
 
 HERE = Path(__file__).resolve().parent
 MODES = ("task", "reg", "evidence", "evidence_cos")

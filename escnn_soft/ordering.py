@@ -22,6 +22,9 @@ The fix lives in two places:
   models built before ``escnn_soft`` was imported; :func:`escnn_soft.models.build_model`,
   :func:`escnn_soft.soften` and :func:`escnn_soft.harden` call it on what they return.
 
+:func:`optimizer_state_by_name` / :func:`restore_optimizer_state` store and restore an optimiser's state keyed by
+parameter name instead of position, so it lands on the right tensors in a process that lists them in another order.
+
 :func:`check_same_order` compares the names and shapes of the parameters and buffers across the ranks of an
 initialised process group and names the first difference: call it before wrapping a model in DDP to get a
 clear error instead of DDP's ``params[6] ... appears not to match``.
@@ -29,10 +32,13 @@ clear error instead of DDP's ``params[6] ... appears not to match``.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["canonical_order_", "check_same_order", "install_deterministic_hash", "order_signature"]
+__all__ = ["canonical_order_", "check_same_order", "install_deterministic_hash", "optimizer_state_by_name",
+           "order_signature", "restore_optimizer_state"]
 
 
 def _stable_hash(self) -> int:
@@ -115,3 +121,75 @@ def check_same_order(model: torch.nn.Module, group=None) -> None:
                     "escnn_soft.canonical_order_(model) on every rank before wrapping it")
         raise RuntimeError(f"check_same_order: rank 0 has {len(reference)} parameters and buffers, rank {rank} "
                            f"{len(theirs)}; every rank must build the same model")
+
+
+def _param_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> list[list[str]]:
+    """For each parameter group of ``optimizer``, the names (in ``model``) of its parameters, in order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = []
+    for g, group in enumerate(optimizer.param_groups):
+        missing = [i for i, p in enumerate(group["params"]) if id(p) not in names]
+        if missing:
+            raise ValueError(f"optimizer: parameter {missing[0]} of parameter group {g} is not a parameter of "
+                             "the model; build the optimizer from model.parameters()")
+        out.append([names[id(p)] for p in group["params"]])
+    return out
+
+
+def optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with every parameter index replaced by the parameter's name in ``model``:
+    ``{"state": {name: per-parameter state}, "param_groups": [{hyperparameters..., "params": [names]}]}``."""
+    names = _param_names(optimizer, model)
+    sd = optimizer.state_dict()
+    index_to_name = {}
+    for group, group_names in zip(sd["param_groups"], names):
+        index_to_name.update(zip(group["params"], group_names))
+    return {"state": {index_to_name[i]: v for i, v in sd["state"].items()},
+            "param_groups": [{**{k: v for k, v in group.items() if k != "params"}, "params": group_names}
+                             for group, group_names in zip(sd["param_groups"], names)]}
+
+
+def restore_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module, ckpt: dict[str, Any],
+                            path: Path | str = "checkpoint") -> None:
+    """Load the optimiser state of a checkpoint (``ckpt``, as read by ``torch.load``) into ``optimizer``,
+    matching parameters by name, whatever order this process lists them in.
+
+    Raises:
+        ValueError: the saved parameter groups name other parameters than ``optimizer``'s (the first
+            differences are named), a saved state's shape differs from its parameter's, or the checkpoint
+            holds only positional optimiser state (written before 0.2); the message says what to do.
+    """
+    if "optimizer_by_name" not in ckpt:
+        if "optimizer" in ckpt:
+            raise ValueError(
+                f"{path}: its optimiser state is stored by position (written by escnn-soft before 0.2), in an order "
+                "that depended on the writing process's hash seed, so it cannot be restored safely in another "
+                "process. Its weights still load (escnn_soft.doublemnist.load_checkpoint, 'escnn-soft report'); "
+                "to continue training, start a new run folder, or resume in a process with the PYTHONHASHSEED "
+                "of the run that wrote it")
+        return
+    saved = ckpt["optimizer_by_name"]
+    names = _param_names(optimizer, model)
+    saved_names = [g["params"] for g in saved["param_groups"]]
+    if [sorted(g) for g in saved_names] != [sorted(g) for g in names]:
+        flat_saved = [n for g in saved_names for n in g]
+        flat = [n for g in names for n in g]
+        problems = [f"'{n}' is in the checkpoint, not in the optimizer" for n in flat_saved if n not in flat][:3]
+        problems += [f"'{n}' is in the optimizer, not in the checkpoint" for n in flat if n not in flat_saved][:3]
+        if not problems:
+            problems = [(f"the parameter groups differ: checkpoint {[len(g) for g in saved_names]} parameters per "
+                        f"group, optimizer {[len(g) for g in names]}")]
+        raise ValueError(f"{path}: optimiser state does not match this optimiser: " + "; ".join(problems))
+    params = dict(model.named_parameters())
+    for name, state in saved["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[name].shape:
+                raise ValueError(f"{path}: optimiser state '{key}' of parameter '{name}' has shape "
+                                 f"{tuple(value.shape)}, the parameter {tuple(params[name].shape)}; the checkpoint "
+                                 "was written by a different model")
+    # torch matches saved to current parameters by position within each group: give it this optimiser's order
+    position = {n: i for i, n in enumerate(n for g in names for n in g)}
+    optimizer.load_state_dict({
+        "state": {position[n]: v for n, v in saved["state"].items()},
+        "param_groups": [{**{k: v for k, v in g.items() if k != "params"}, "params": [position[n] for n in own]}
+                         for g, own in zip(saved["param_groups"], names)]})

@@ -6,8 +6,7 @@ import torch
 from escnn import nn as enn
 from escnn.nn import FieldType
 
-from escnn_soft.metrics import grid_exact_elements
-from escnn_soft.models import (
+from escnn_soft.doublemnist.networks import (
     METHODS,
     THESIS_BLOCKS,
     THESIS_FIELDS,
@@ -15,6 +14,7 @@ from escnn_soft.models import (
     build_model,
     thesis_band_limits,
 )
+from escnn_soft.metrics import grid_exact_elements
 from escnn_soft.testing import assert_equivariant
 
 

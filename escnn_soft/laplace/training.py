@@ -49,6 +49,7 @@ from tqdm.auto import trange
 
 from escnn_soft.distributed import average_gradients, rank, sum_over_ranks, world_size
 from escnn_soft.laplace.evidence import LaplaceEvidence
+from escnn_soft.ordering import optimizer_state_by_name, restore_optimizer_state
 
 __all__ = ["marglik_training", "refresh_batchnorm"]
 
@@ -261,8 +262,6 @@ def _state(epoch: int, ev: LaplaceEvidence, net: nn.Module, optimizer: torch.opt
            hyper_optimizer: torch.optim.Optimizer, hyper_names: list[str], generator: torch.Generator | None,
            history: dict[str, Any]) -> dict[str, Any]:
     """What :func:`marglik_training` needs to continue after ``epoch`` (besides the model's weights)."""
-    from escnn_soft.checkpoint import optimizer_state_by_name
-
     return {"epoch": epoch, "groups": list(ev.groups),
             "log_prior_precision": ev.log_prior_precision.detach().cpu().clone(),
             "log_sigma_noise": None if ev.log_sigma_noise is None else ev.log_sigma_noise.detach().cpu().clone(),
@@ -276,8 +275,6 @@ def _restore(state: dict[str, Any], ev: LaplaceEvidence, net: nn.Module, optimiz
              hyper_optimizer: torch.optim.Optimizer, hyper_names: list[str], generator: torch.Generator | None,
              history: dict[str, Any], n_epochs: int) -> int:
     """Load a ``state`` of :func:`_state` (``resume=``); returns the epoch it was taken after."""
-    from escnn_soft.checkpoint import restore_optimizer_state
-
     if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
         missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
         raise ValueError(f"resume: expected the state dict given to on_epoch_end (keys {', '.join(STATE_KEYS)}); "

@@ -39,6 +39,7 @@ from escnn_soft._escnn import (
     private_blocks_expansion,
 )
 from escnn_soft.metrics.equivariance import equivariance_error, is_grid_exact
+from escnn_soft.nn._filter import FilterCache, plain_conv
 from escnn_soft.nn.base import SoftModule
 from escnn_soft.subgroups import default_subgroups
 from escnn_soft.subgroups import subgroup as escnn_soft_subgroup
@@ -547,9 +548,7 @@ class SoftConvBase(EquivariantModule, SoftModule):
         self.relaxed_subgroup, self._subgroup, _ = resolve_subgroup(self.space, relaxed_subgroup)
         self._relaxed_subgroup_given = relaxed_subgroup is not None
 
-        self.register_buffer("_cached_filter", None, persistent=False)
-        self.register_buffer("_cached_bias", None, persistent=False)
-        self._cache_key: tuple | None = None
+        self._filter_cache: FilterCache[tuple[torch.Tensor, torch.Tensor | None]] = FilterCache()
 
     # -- construction helpers ------------------------------------------------------------------------
 
@@ -700,32 +699,31 @@ class SoftConvBase(EquivariantModule, SoftModule):
     # All parameters are direct attributes of the layer; ``self._parameters`` is read instead of
     # ``self.parameters()``, whose module traversal hashes escnn's basis modules (about 0.1 ms each).
 
-    def _param_key(self) -> tuple:
-        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self._parameters.values()
-                     if p is not None)
-
-    def _cache_allowed(self) -> bool:
-        return not self.training and not (torch.is_grad_enabled()
-                                          and any(p.requires_grad for p in self._parameters.values() if p is not None))
+    def _cached(self, cache: FilterCache, expand: Callable[[], Any], extra: Any = None) -> Any:
+        """``expand()``, served from ``cache`` in evaluation mode while no parameter changed (:class:`FilterCache`)."""
+        return cache.get(self.training, self._parameters.values(), expand, extra)
 
     def _expanded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``_expand()``, served from the eval-mode cache when allowed."""
-        if not self._cache_allowed():
-            return self._expand()
-        key = self._param_key()
-        if self._cached_filter is None or key != self._cache_key:
-            with torch.no_grad():
-                self._cached_filter, self._cached_bias = self._expand()
-            self._cache_key = key
-        return self._cached_filter, self._cached_bias
+        return self._cached(self._filter_cache, self._expand)
+
+    def _caches(self) -> list[FilterCache]:
+        """Every eval-mode cache of the layer (cleared on entering training mode and on ``.to()``)."""
+        return [self._filter_cache]
 
     def train(self, mode: bool = True) -> SoftConvBase:
-        """Set the mode; entering training mode drops the eval cache."""
+        """Set the mode; entering training mode drops the eval caches."""
         if mode:
-            self._cached_filter = None
-            self._cached_bias = None
-            self._cache_key = None
+            for cache in self._caches():
+                cache.clear()
         return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        # the caches are plain attributes, which .to()/.double()/.cuda() would leave on the old device and dtype (a
+        # stale copy held in memory); the next eval forward rebuilds them
+        for cache in self._caches():
+            cache.clear()
+        return super()._apply(fn, recurse)
 
     def _conv(self, x: torch.Tensor, filt: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         conv = conv2d if self._dim == 2 else conv3d
@@ -755,24 +753,18 @@ class SoftConvBase(EquivariantModule, SoftModule):
         size = [(w + 2 * p - extent) // self.stride + 1 for w, p in zip(input_shape[2:], self._pad2)]
         return (input_shape[0], self.out_type.size, *size)
 
-    def _plain_conv(self, out_channels: int, bias: bool) -> torch.nn.Module:
-        """A plain :class:`torch.nn.Conv2d` / :class:`torch.nn.Conv3d` with this layer's geometry."""
-        cls = torch.nn.Conv2d if self._dim == 2 else torch.nn.Conv3d
-        return cls(self.in_type.size, out_channels, self.kernel_size, stride=self.stride, padding=self._pad2,
-                   dilation=self.dilation, groups=self.groups, bias=bias, padding_mode=self.padding_mode)
+    def _plain_conv(self, filt: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Module:
+        """A plain :class:`torch.nn.Conv2d` / :class:`torch.nn.Conv3d` with this layer's geometry holding ``filt``
+        and ``bias``."""
+        return plain_conv(filt, bias, stride=self.stride, padding=self._pad2, dilation=self.dilation,
+                          groups=self.groups, padding_mode=self.padding_mode)
 
     def export(self) -> torch.nn.Module:
         """A plain :class:`torch.nn.Conv2d` (:class:`torch.nn.Conv3d` in 3D) with this layer's current filter and
         bias."""
         with torch.no_grad():
             filt, bias = self._expand()
-        conv = self._plain_conv(self.out_type.size, bias is not None)
-        conv.to(device=filt.device, dtype=filt.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(filt)
-            if bias is not None:
-                conv.bias.copy_(bias)
-        return conv.eval()
+        return self._plain_conv(filt, bias)
 
     # -- degree ----------------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from scipy.optimize import linear_sum_assignment
 from escnn_soft._escnn import interpolate_transform_basespace
 from escnn_soft.metrics.equivariance import is_grid_exact
 from escnn_soft.metrics.partition import partition_distance
+from escnn_soft.nn._filter import plain_conv
 from escnn_soft.nn._relaxation import resolve_subgroup
 from escnn_soft.nn.base import SoftModule
 from escnn_soft.nn.sinkhorn import sinkhorn
@@ -306,14 +307,7 @@ class _DSConv(EquivariantModule, SoftModule):
         with torch.no_grad():
             W = self.expand_filter()
             b = self.expanded_bias()
-        conv = torch.nn.Conv2d(W.shape[1], W.shape[0], self.kernel_size, stride=self.stride, padding=self.padding,
-                               dilation=self.dilation, bias=b is not None)
-        conv = conv.to(device=W.device, dtype=W.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(W)
-            if b is not None:
-                conv.bias.copy_(b)
-        return conv.eval()
+        return plain_conv(W, b, stride=self.stride, padding=self.padding, dilation=self.dilation)
 
     # -- regularisers and read-out ------------------------------------------------------------------------
     def penalty(self) -> torch.Tensor:

@@ -50,6 +50,7 @@ from escnn_soft._escnn import (
     reversed_padding,
 )
 from escnn_soft.likelihood import GroupLikelihood
+from escnn_soft.nn._filter import FilterCache, plain_conv, plain_linear
 from escnn_soft.nn.base import SoftModule, iter_modules
 from escnn_soft.subgroups import default_subgroups
 
@@ -231,7 +232,7 @@ class _ProbabilisticFilter(SoftModule):
             if pathway.dimension() > 0:
                 pathways.append(pathway)
         self.pathways = torch.nn.ModuleList(pathways)
-        self._cache: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
+        self._filter_cache: FilterCache[tuple[torch.Tensor, torch.Tensor | None]] = FilterCache()
         # escnn registers persistent eval-mode buffers (the expanded filter or matrix, and bias) that change with
         # the mode (and break state_dict round trips between train and eval); this layer caches privately instead.
         drop_mode_dependent_buffers_(self)  # type: ignore[arg-type]
@@ -255,34 +256,18 @@ class _ProbabilisticFilter(SoftModule):
         """Every parameter the filter depends on (walked without hashing escnn's basis modules)."""
         return [p for m in iter_modules(self) for p in m._parameters.values() if p is not None]
 
-    def _filter_state(self) -> tuple:
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self._filter_parameters())
-
     def _current_filter(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rebuilt in training mode; in eval mode cached and reused while no parameter changed.
-
-        The cache is keyed by every parameter's storage and version counter (bumped by optimiser
-        steps, ``load_state_dict`` and ``.to()``), so it is never stale. With gradients enabled on
-        trainable parameters the filter is rebuilt so that autograd sees it.
-        """
-        if self.training:  # type: ignore[attr-defined]
-            return self.expand_parameters()
-        needs_graph = torch.is_grad_enabled() and any(p.requires_grad for p in self._filter_parameters())
-        if needs_graph:
-            return self.expand_parameters()
-        key = self._filter_state()
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                filt, bias = self.expand_parameters()
-            self._cache = (key, filt, bias)
-        return self._cache[1], self._cache[2]
+        """Rebuilt in training mode; in eval mode cached and reused while no parameter changed
+        (:class:`~escnn_soft.nn._filter.FilterCache`)."""
+        return self._filter_cache.get(self.training, self._filter_parameters(),  # type: ignore[attr-defined]
+                                      self.expand_parameters)
 
     def train(self, mode: bool = True):
-        self._cache = None
+        self._filter_cache.clear()
         return torch.nn.Module.train(self, mode)  # type: ignore[arg-type]
 
     def _apply(self, fn, recurse=True):
-        self._cache = None
+        self._filter_cache.clear()
         return super()._apply(fn, recurse)  # type: ignore[misc]
 
     plot_kind = "likelihood"
@@ -398,15 +383,8 @@ class _ProbabilisticConv(_ProbabilisticFilter):
         """A plain ``torch.nn.Conv2d``/``Conv3d`` holding the current filter :math:`k_\\lambda`."""
         with torch.no_grad():
             filt, bias = self.expand_parameters()
-        cls = torch.nn.Conv2d if self.d == 2 else torch.nn.Conv3d
-        conv = cls(self.in_type.size, self.out_type.size, self.kernel_size,  # type: ignore[attr-defined]
-                   padding=self.padding, stride=self.stride, dilation=self.dilation,  # type: ignore[attr-defined]
-                   padding_mode=self.padding_mode, bias=bias is not None)  # type: ignore[attr-defined]
-        conv = conv.to(device=filt.device, dtype=filt.dtype)
-        conv.weight.data.copy_(filt)
-        if bias is not None:
-            conv.bias.data.copy_(bias)
-        return conv
+        return plain_conv(filt, bias, padding=self.padding, stride=self.stride,  # type: ignore[attr-defined]
+                          dilation=self.dilation, padding_mode=self.padding_mode)  # type: ignore[attr-defined]
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self._extra()  # type: ignore[misc]
@@ -514,12 +492,7 @@ class ProbabilisticLinear(_ProbabilisticFilter, EscnnLinear):
         """A plain ``torch.nn.Linear`` holding the current matrix."""
         with torch.no_grad():
             matrix, bias = self.expand_parameters()
-        lin = torch.nn.Linear(self.in_type.size, self.out_type.size, bias=bias is not None)
-        lin = lin.to(device=matrix.device, dtype=matrix.dtype)
-        lin.weight.data.copy_(matrix)
-        if bias is not None:
-            lin.bias.data.copy_(bias)
-        return lin
+        return plain_linear(matrix, bias)
 
     def extra_repr(self) -> str:
         return self._extra()

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from escnn.nn import FieldType, GeometricTensor
 
+from escnn_soft.nn._filter import FilterCache
 from escnn_soft.nn._relaxation import (
     SoftConvBase,
     SoftR2ConvBase,
@@ -199,7 +200,7 @@ class _RelaxedConv(SoftConvBase):
         self.register_buffer("_subgroup_matrices", None if matrices is None else
                              torch.as_tensor(matrices, dtype=torch.float32), persistent=False)
         self._nonstationary = num_banks > 0 and math.isfinite(log_a) and math.isfinite(log_l)
-        self._gains_cache: tuple[tuple, torch.Tensor] | None = None
+        self._gains_cache: FilterCache[torch.Tensor] = FilterCache()
 
     # -- filters -------------------------------------------------------------------------------------
 
@@ -251,24 +252,10 @@ class _RelaxedConv(SoftConvBase):
         return torch.einsum("lm,mp->lp", self.bank_coefficients, feats.reshape(feats.shape[0], -1)).reshape(-1, *shape)
 
     def _cached_gains(self, *shape: int) -> torch.Tensor:
-        if not self._cache_allowed():
-            return self.gains(*shape)
-        key = (shape, self._param_key())
-        if self._gains_cache is None or self._gains_cache[0] != key:
-            with torch.no_grad():
-                self._gains_cache = (key, self.gains(*shape))
-        return self._gains_cache[1]
+        return self._cached(self._gains_cache, lambda: self.gains(*shape), extra=shape)
 
-    def train(self, mode: bool = True) -> _RelaxedConv:
-        if mode:
-            self._gains_cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, recurse=True):
-        # the gains cache is a plain attribute, which .to()/.double()/.cuda() would leave on the old device and
-        # dtype (a stale copy held in memory); the next eval forward rebuilds it
-        self._gains_cache = None
-        return super()._apply(fn, recurse)
+    def _caches(self) -> list[FilterCache]:
+        return [*super()._caches(), self._gains_cache]
 
     def forward(self, input: GeometricTensor) -> GeometricTensor:
         """:math:`y(u) = [(K_G + aR_0) \\star x](u) + \\sum_l g_l(u)\\,[aR_l \\star x](u) + b`: one convolution with
@@ -288,10 +275,7 @@ class _RelaxedConv(SoftConvBase):
             return super().export()
         with torch.no_grad():
             filt, bias = self._expand()
-        conv = self._plain_conv(filt.shape[0], False)
-        conv.to(device=filt.device, dtype=filt.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(filt)
+        conv = self._plain_conv(filt, None)
         return RelaxedConvExport(conv, self.num_banks, bias, self.bank_coefficients, self.rff_frequencies,
                                  self.rff_phases, self.log_lengthscale, self._subgroup_matrices).eval()
 

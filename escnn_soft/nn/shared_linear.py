@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from escnn_soft.nn._filter import plain_linear
 from escnn_soft.nn.base import SoftModule
 
 __all__ = ["BilevelTrainer", "SharedLinear", "implicit_hypergradient"]
@@ -116,12 +117,7 @@ class SharedLinear(torch.nn.Module, SoftModule):
     def export(self) -> torch.nn.Linear:
         """A plain :class:`torch.nn.Linear` with the current weights."""
         with torch.no_grad():
-            lin = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-            lin = lin.to(device=self.values.device, dtype=self.values.dtype)
-            lin.weight.copy_(self.weight())
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
+            return plain_linear(self.weight(), self.bias)
 
     def penalty(self) -> torch.Tensor:
         """``entropy_weight * mean_i H(A_i) + usage_weight * H(mean_i A_i)`` (entropies in nats)."""

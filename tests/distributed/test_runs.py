@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from escnn_soft.checkpoint import optimizer_state_by_name, restore_optimizer_state
 from escnn_soft.models import build_model
+from escnn_soft.ordering import optimizer_state_by_name, restore_optimizer_state
 from tests.distributed.test_distributed import ROOT, free_port
 
 TINY = ["--n-images", "200", "--width", "1", "--group", "C4", "--report-images", "0", "--batch-size", "32"]

@@ -22,7 +22,7 @@ import json, resource, statistics, sys, time, torch
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 torch.manual_seed(0)
-from escnn_soft.models import build_model
+from escnn_soft.doublemnist.networks import build_model
 from escnn_soft.regularization import regularization_loss
 device = torch.device(args["device"])
 kw = {"group": args["group"], "width": args["width"]}
@@ -90,7 +90,7 @@ def format_table(rows: dict[str, dict[str, float]], title: str) -> str:
 def run_benchmarks(group: str = "SO2", methods: Sequence[str] | None = None, width: int = 2,
                    batch_size: int = 32, repeats: int = 5, threads: int = 2, device: str = "cpu") -> str:
     """Table of every available method on ``group`` (DoubleMNIST network, batch ``batch_size``)."""
-    from escnn_soft.models import METHODS
+    from escnn_soft.doublemnist.networks import METHODS
 
     methods = list(methods or METHODS)
     rows: dict[str, dict[str, float]] = {}
