@@ -12,7 +12,7 @@ from escnn.nn import EquivariantModule
 from escnn_soft._escnn import conv_basis_kwargs
 from escnn_soft.nn.base import SoftModule
 from escnn_soft.ordering import canonical_order_
-from escnn_soft.subgroups import default_subgroups, subgroup
+from escnn_soft.subgroups import default_subgroups, subgroup, trivial_subgroup_id
 
 __all__ = ["SOFTEN_METHODS", "harden", "soften"]
 
@@ -290,11 +290,16 @@ def _harden_layer(layer: EquivariantModule, threshold: float, subgroups: dict[st
     best = None
     for sub_name, sid in order + [("C1", "trivial")]:
         if sid == "trivial":
-            sid = _trivial_id(group)
+            sid = trivial_subgroup_id(group)
             if sid is None:
                 continue
-        in_t = layer.in_type if sid is None else layer.in_type.restrict(sid)
-        out_t = layer.out_type if sid is None else layer.out_type.restrict(sid)
+        try:
+            in_t = layer.in_type if sid is None else layer.in_type.restrict(sid)
+            out_t = layer.out_type if sid is None else layer.out_type.restrict(sid)
+        except NotImplementedError:
+            if sub_name == "C1":  # escnn cannot restrict this gspace to its trivial subgroup: no such candidate
+                continue
+            raise
         strict = _strict_layer(layer, in_t, out_t).to(device=weight.device, dtype=weight.dtype)
         coeffs, residual = _project(strict, weight)
         residual = (residual ** 2 + dropped ** 2) ** 0.5
@@ -313,21 +318,6 @@ def _harden_layer(layer: EquivariantModule, threshold: float, subgroups: dict[st
     if sid is None:
         return strict
     return WrappedModule(strict, layer.in_type, layer.out_type)
-
-
-def _trivial_id(group):
-    """escnn's id of the trivial subgroup, when the group has one that restriction understands."""
-    from escnn.group import O2, O3, SO2, SO3, CyclicGroup, DihedralGroup
-
-    if isinstance(group, (SO2, CyclicGroup)):
-        return 1
-    if isinstance(group, (O2, DihedralGroup)):
-        return (None, 1)
-    if isinstance(group, SO3):
-        return (False, 1)
-    if isinstance(group, O3):
-        return (False, False, 1)
-    return None
 
 
 def harden(model: torch.nn.Module, threshold: float = 0.99, subgroups: dict[str, Any] | None = None,

@@ -33,8 +33,7 @@ from hypothesis import strategies as st
 
 import escnn_soft as es
 from escnn_soft.metrics import WrappedModule
-from escnn_soft.nn._relaxation import subgroup_test_elements
-from escnn_soft.subgroups import default_subgroups, subgroup
+from escnn_soft.subgroups import default_subgroups, subgroup, subgroup_test_elements
 from escnn_soft.testing import assert_equivariant
 
 GROUPS = [("C", 2), ("C", 4), ("C", 8), ("D", 1), ("D", 2), ("D", 4), ("SO2", 2), ("SO2", 3), ("O2", 2), ("O2", 3)]

@@ -10,7 +10,8 @@ from escnn_soft.metrics.equivariance import (
 from escnn_soft.metrics.history import LikelihoodHistory
 from escnn_soft.metrics.lie import fibre_generator, lie_derivative, rotation_generator
 from escnn_soft.metrics.partition import as_labels, partition_distance
-from escnn_soft.metrics.report import MODEL_ROW, SubgroupReport, subgroup_elements, subgroup_report
+from escnn_soft.metrics.report import MODEL_ROW, SubgroupReport, subgroup_report
+from escnn_soft.subgroups import subgroup_elements
 
 __all__ = [
     "MODEL_ROW",

@@ -46,44 +46,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from escnn.group import O2, O3, SO2, SO3, Group, GroupElement
+from escnn.group import Group, GroupElement
 from escnn.gspaces import GSpace
 from escnn.nn import EquivariantModule, GeometricTensor, SequentialModule
 
 from escnn_soft.metrics.equivariance import is_grid_exact, relative_error, transform
-from escnn_soft.subgroups import default_subgroups, subgroup
+from escnn_soft.subgroups import default_subgroups, subgroup, subgroup_elements
 
-__all__ = ["MODEL_OUTPUTS", "MODEL_ROW", "SubgroupReport", "subgroup_elements", "subgroup_report"]
+__all__ = ["MODEL_OUTPUTS", "MODEL_ROW", "SubgroupReport", "subgroup_report"]
 
 MODEL_ROW = "(model)"
 """Name of the row holding the whole model's error."""
 
 MODEL_OUTPUTS = ("auto", "invariant", "omit")
 """Values of ``subgroup_report(model_output=...)``: what the model row measures (module docstring)."""
-
-_N_ROTATIONS = 16  # test rotations of a continuous planar subgroup: multiples of 22.5 degrees
-_N_RANDOM_3D = 8   # random test rotations of a continuous 3D subgroup, besides the octahedral grid
-
-
-def subgroup_elements(group: Group, sid: Any) -> list[GroupElement]:
-    """Test elements of the subgroup ``sid`` (an escnn subgroup id, ``None`` = ``group``), as elements of ``group``.
-
-    Finite subgroups: all their elements. SO(2), O(2): the rotations by multiples of 360/16 degrees
-    (and as many reflections), so C_2, C_4 (grid-exact) and 12 interpolated angles are included.
-    SO(3), O(3): the octahedral grid (exact) and 8 random rotations (seed 0). The identity is left out.
-    """
-    sub, inclusion, _ = subgroup(group, sid)
-    if sub.order() > 0:
-        elements = list(sub.elements)
-    elif isinstance(sub, (SO2, O2)):
-        elements = sub.grid(_N_ROTATIONS)
-    elif isinstance(sub, (SO3, O3)):
-        elements = sub.grid("cube") + sub.grid("rand", N=_N_RANDOM_3D, seed=0)
-    else:
-        raise ValueError(f"subgroups: no test elements known for the continuous group {sub.name}; "
-                         "pass a list of its elements instead")
-    return [g for g in (inclusion(h) for h in elements) if g != group.identity]
-
 
 def _resolve(group: Group, subgroups: Any) -> list[tuple[str, list[GroupElement]]]:
     """``[(name, test elements)]`` from the ``subgroups`` argument of :func:`subgroup_report`."""

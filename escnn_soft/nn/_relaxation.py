@@ -10,8 +10,10 @@
   batch of coefficient vectors — optionally one per kernel position — and :func:`projection_gram`
   measures the part of filters that lies in the span of the steerable basis (orthogonal projection on
   the sampled grid), which defines the "non-equivariant part" reported by ``degree()``.
-* Subgroup helpers (:func:`resolve_subgroup`, :func:`subgroup_test_elements`,
-  :func:`subgroup_matrices`, :func:`orbit_classes`).
+
+The subgroup helpers the layers use (:func:`~escnn_soft.subgroups.resolve_subgroup`,
+:func:`~escnn_soft.subgroups.subgroup_test_elements`, :func:`~escnn_soft.subgroups.subgroup_matrices`,
+:func:`~escnn_soft.subgroups.orbit_classes`) live in :mod:`escnn_soft.subgroups`.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from escnn.group import O2, O3, SO2, SO3, DihedralGroup, Group, GroupElement, Icosahedral, Octahedral
 from escnn.gspaces import GSpace, GSpace2D, GSpace3D
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor, R2Conv, R3Conv
 from torch.nn.functional import conv2d, conv3d, pad
@@ -38,11 +39,14 @@ from escnn_soft._escnn import (
     he_stds,
     private_blocks_expansion,
 )
-from escnn_soft.metrics.equivariance import equivariance_error, is_grid_exact
+from escnn_soft.metrics.equivariance import equivariance_error
 from escnn_soft.nn._filter import FilterCache, plain_conv
 from escnn_soft.nn.base import SoftModule
-from escnn_soft.subgroups import default_subgroups
-from escnn_soft.subgroups import subgroup as escnn_soft_subgroup
+from escnn_soft.subgroups import (
+    default_subgroups,
+    resolve_subgroup,
+    subgroup_test_elements,
+)
 
 __all__ = [
     "SoftConvBase",
@@ -50,176 +54,17 @@ __all__ = [
     "SoftR3ConvBase",
     "bessel_j0",
     "centred_coordinates",
-    "contains_rotations",
     "expand_blocks",
     "factorize_",
-    "orbit_classes",
     "projection_coefficients",
     "projection_gram",
-    "resolve_subgroup",
-    "subgroup_matrices",
-    "subgroup_test_elements",
-    "trivial_subgroup_id",
 ]
-
-
-# ----------------------------------------------------------------------------------------------------
-# subgroups
-
-
-def trivial_subgroup_id(group: Group) -> Any:
-    """The escnn id of the trivial subgroup of a fibre group: planar (C_N, D_N, SO(2), O(2)) or 3D (SO(3), O(3))."""
-    if isinstance(group, SO3):
-        return (False, 1)
-    if isinstance(group, O3):
-        return (False, False, 1)
-    if isinstance(group, (Octahedral, Icosahedral)):
-        return (False, 1)
-    return (None, 1) if isinstance(group, (DihedralGroup, O2)) else 1
-
-
-def contains_rotations(subgroup: Group) -> bool:
-    """True when ``subgroup`` (escnn) contains every rotation of its space: SO(2)/O(2) in 2D, SO(3)/O(3) in 3D."""
-    return isinstance(subgroup, (SO2, O2, SO3, O3))
-
-
-def _subgroup_examples(group: Group) -> str:
-    if isinstance(group, O2):
-        return "(None, -1) for SO(2), (None, M) for C_M, (0., M) for D_M, (0., 1) for one flip, (None, 1) trivial"
-    if isinstance(group, DihedralGroup):
-        return (f"(None, M) for C_M, (0, M) for D_M with M dividing {group.rotation_order}, (0, 1) for one flip, "
-                "(None, 1) trivial")
-    if isinstance(group, SO2):
-        return "M > 0 for C_M, -1 for SO(2), 1 trivial"
-    if isinstance(group, SO3):
-        return "'octa' for the octahedral group, 'ico', (False, M) for C_M about z, (False, -1) for SO(2), (False, 1) trivial"
-    if isinstance(group, O3):
-        return ("'so3' for SO(3), (False, 'octa') for the octahedral rotations, (True, 'octa') for the full octahedral "
-                "group, (False, False, 1) trivial")
-    return f"a divisor M of {group.order()} for C_M, 1 trivial"
-
-
-def resolve_subgroup(gspace: GSpace, subgroup_id: Any, argname: str = "relaxed_subgroup"
-                     ) -> tuple[Any, Group, Callable[[GroupElement], GroupElement]]:
-    """Check ``subgroup_id`` against the fibre group of ``gspace``; ``None`` means the trivial subgroup.
-
-    Returns:
-        ``(id, S, inclusion)`` with ``inclusion`` mapping elements of ``S`` to the fibre group.
-
-    Raises:
-        ValueError: ``subgroup_id`` is not an escnn subgroup id of the fibre group.
-    """
-    group = gspace.fibergroup
-    trivial = subgroup_id is None
-    if subgroup_id is None:
-        subgroup_id = trivial_subgroup_id(group)
-    try:
-        subgroup, inclusion, _ = group.subgroup(subgroup_id)
-    except Exception as err:  # escnn signals bad ids with AssertionError, TypeError, ValueError, ...
-        detail = str(err).strip() or type(err).__name__
-        raise ValueError(f"{argname}: {subgroup_id!r} is not a subgroup id of the layer's group {group.name} "
-                         f"({detail}); pass an escnn subgroup id of {group.name}, e.g. "
-                         f"{_subgroup_examples(group)}") from err
-    try:
-        gspace.restrict(subgroup_id)
-    except NotImplementedError as err:
-        if trivial or subgroup.order() == 1:
-            return subgroup_id, subgroup, inclusion   # the trivial subgroup needs no restriction (see _trivial_gspace)
-        raise ValueError(f"{argname}: {subgroup_id!r}: escnn's gspace {gspace} cannot restrict to subgroups (escnn "
-                         f"raises NotImplementedError); pass relaxed_subgroup=None (the trivial group), or build the "
-                         f"layer on a gspace of a larger group (e.g. escnn.gspaces.rot3dOnR3() with "
-                         f"relaxed_subgroup='octa')") from err
-    except Exception as err:  # escnn signals bad ids with AssertionError, TypeError, ValueError, ...
-        detail = str(err).strip() or type(err).__name__
-        raise ValueError(f"{argname}: {subgroup_id!r} is not a subgroup id of the layer's group {group.name} "
-                         f"({detail}); pass an escnn subgroup id of {group.name}, e.g. "
-                         f"{_subgroup_examples(group)}") from err
-    return subgroup_id, subgroup, inclusion
 
 
 def _trivial_gspace(dim: int) -> GSpace:
     from escnn import gspaces
 
     return gspaces.trivialOnR2() if dim == 2 else gspaces.trivialOnR3()
-
-
-def subgroup_test_elements(gspace: GSpace, subgroup_id: Any) -> list[GroupElement]:
-    """Grid-exact, non-identity elements of the subgroup ``subgroup_id`` (``None``: the whole fibre group),
-    as elements of the fibre group."""
-    subgroup, inclusion, _ = escnn_soft_subgroup(gspace.fibergroup, subgroup_id)
-    candidates = subgroup.testing_elements() if subgroup.continuous else subgroup.elements
-    out = []
-    for s in candidates:
-        h = inclusion(s)
-        if h != gspace.fibergroup.identity and is_grid_exact(gspace, h) and h not in out:
-            out.append(h)
-    return out
-
-
-def subgroup_matrices(gspace: GSpace, subgroup_id: Any) -> np.ndarray | None:
-    """The base-space matrices of all elements of a finite subgroup (``|S| x d x d``).
-
-    ``None`` for a subgroup containing every rotation (SO(2), O(2) in 2D; SO(3), O(3) in 3D), whose averages are
-    taken in closed form. For another continuous subgroup (e.g. SO(2) about an axis in 3D) the matrices of its
-    grid-exact elements, closed under products: the finite subgroup that maps the grid onto itself.
-    """
-    subgroup, inclusion, _ = gspace.fibergroup.subgroup(subgroup_id)
-    if contains_rotations(subgroup):
-        return None
-    if not subgroup.continuous:
-        return np.stack([np.asarray(gspace.basespace_action(inclusion(s)), dtype=np.float64)
-                         for s in subgroup.elements])
-    mats = [np.eye(gspace.dimensionality)]
-    for s in subgroup.testing_elements():
-        h = inclusion(s)
-        if is_grid_exact(gspace, h):
-            mats.append(np.round(np.asarray(gspace.basespace_action(h), dtype=np.float64)))
-    closed: list[np.ndarray] = []
-    frontier = mats
-    while frontier:
-        new = []
-        for a in frontier:
-            if not any(np.array_equal(a, c) for c in closed):
-                closed.append(a)
-                new.extend(a @ b for b in mats)
-        frontier = new
-    return np.stack(closed)
-
-
-def orbit_classes(points: np.ndarray, matrices: np.ndarray | None, tol: float = 1e-6) -> np.ndarray:
-    """Label the kernel grid ``points`` (``P x d``) by their orbits under a subgroup.
-
-    ``matrices=None`` stands for a subgroup containing every rotation (SO(2) in 2D, SO(3) in 3D): the orbits are
-    circles or spheres, so points of equal radius share a label. Otherwise two points share a label when one of the matrices maps one onto the
-    other (transitive closure by union-find); points that no element maps onto the grid stay alone.
-
-    Returns:
-        integer labels ``0..C-1`` of shape ``(P,)``.
-    """
-    n = len(points)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    if matrices is None:
-        radius = np.linalg.norm(points, axis=1)
-        for i in range(n):
-            for j in range(i):
-                if abs(radius[i] - radius[j]) < tol:
-                    parent[find(i)] = find(j)
-    else:
-        for a in matrices:
-            moved = points @ a.T
-            dist = np.linalg.norm(moved[:, None, :] - points[None, :, :], axis=-1)
-            for i, j in zip(*np.nonzero(dist < tol)):
-                parent[find(int(i))] = find(int(j))
-    roots = [find(i) for i in range(n)]
-    labels = {r: k for k, r in enumerate(dict.fromkeys(roots))}
-    return np.array([labels[r] for r in roots], dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------------------

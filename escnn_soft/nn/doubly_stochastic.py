@@ -45,9 +45,9 @@ from escnn_soft._escnn import interpolate_transform_basespace
 from escnn_soft.metrics.equivariance import is_grid_exact
 from escnn_soft.metrics.partition import partition_distance
 from escnn_soft.nn._filter import plain_conv
-from escnn_soft.nn._relaxation import resolve_subgroup
 from escnn_soft.nn.base import SoftModule
 from escnn_soft.nn.sinkhorn import sinkhorn
+from escnn_soft.subgroups import resolve_subgroup
 
 __all__ = [
     "DSGroupConv",

@@ -23,8 +23,8 @@ from escnn_soft.nn._relaxation import (
     centred_coordinates,
     expand_blocks,
     projection_gram,
-    subgroup_matrices,
 )
+from escnn_soft.subgroups import subgroup_matrices
 
 __all__ = ["RelaxedConv2dExport", "RelaxedConvExport", "RelaxedR2Conv", "RelaxedR3Conv", "position_features",
            "position_features_nd"]

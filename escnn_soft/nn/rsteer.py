@@ -14,9 +14,8 @@ from escnn_soft.nn._relaxation import (
     SoftR3ConvBase,
     _positive_log,
     expand_blocks,
-    orbit_classes,
-    subgroup_matrices,
 )
+from escnn_soft.subgroups import orbit_classes, subgroup_matrices
 
 __all__ = ["RSteerR2Conv", "RSteerR3Conv"]
 

@@ -8,7 +8,7 @@ import torch
 from escnn import nn as enn
 
 import escnn_soft as es
-from escnn_soft.nn._relaxation import subgroup_test_elements
+from escnn_soft.subgroups import subgroup_test_elements
 from escnn_soft.testing import assert_equivariant, random_input
 from tests.nn.relaxed_common import (
     relative_fit_loss,

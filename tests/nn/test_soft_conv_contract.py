@@ -26,8 +26,8 @@ import torch
 
 import escnn_soft as es
 from escnn_soft.metrics.equivariance import equivariance_error, grid_exact_elements
-from escnn_soft.nn._relaxation import subgroup_test_elements
 from escnn_soft.nn.relaxed import RelaxedConvExport
+from escnn_soft.subgroups import subgroup_test_elements
 from escnn_soft.testing import assert_equivariant, random_input
 from tests.nn.relaxed_common import soft_and_strict
 from tests.registry import conv_types

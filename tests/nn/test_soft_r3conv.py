@@ -18,8 +18,8 @@ from escnn import nn as enn
 from escnn_soft.laplace import LaplaceEvidence
 from escnn_soft.metrics.equivariance import equivariance_error, grid_exact_elements
 from escnn_soft.nn import RelaxedR3Conv, RPPR3Conv, RSteerR3Conv
-from escnn_soft.nn._relaxation import subgroup_test_elements
 from escnn_soft.nn.relaxed import RelaxedConvExport
+from escnn_soft.subgroups import subgroup_test_elements
 from escnn_soft.testing import assert_equivariant, random_input
 from tests.registry import vector
 
