@@ -48,7 +48,7 @@ def test_trivial_subgroup_id_of_an_unknown_group_is_none():
 def test_default_subgroups_resolve_and_their_test_elements_lie_in_them(name):
     group = GROUPS[name]
     for label, sid in default_subgroups(group).items():
-        sub, inclusion, restriction = subgroup(group, sid)
+        _, inclusion, restriction = subgroup(group, sid)
         elements = subgroup_elements(group, sid)
         assert elements, label
         for g in elements:
