@@ -41,6 +41,7 @@ from escnn.nn import Linear as EscnnLinear
 
 from escnn_soft._escnn import (
     compute_basis_params_2d,
+    compute_basis_params_3d,
     drop_mode_dependent_buffers_,
     he_stds,
     is_empty_basis_error,
@@ -350,8 +351,10 @@ class _ProbabilisticConv(_ProbabilisticFilter):
 
     def _init_conv(self, in_type, out_type, kernel_size, likelihood, L, L_out, parameterisation, dilation, sigma,
                    frequencies_cutoff, rings, basis_filter, initialize) -> None:
-        # R2Conv's rule in both dimensions, as ever (R3Conv's also accepts the strings 'default1'...'default3')
-        bf, _, _, _ = compute_basis_params_2d(kernel_size, frequencies_cutoff, rings, sigma, dilation, basis_filter)
+        # the strict layer's own band-limit rule: R3Conv's accepts the strings 'default1'...'default3' (R2Conv's raises
+        # on them), and the two agree on everything else
+        rule = compute_basis_params_2d if self.d == 2 else compute_basis_params_3d
+        bf, _, _, _ = rule(kernel_size, frequencies_cutoff, rings, sigma, dilation, basis_filter)
         self._setup(in_type, out_type, likelihood, L, L_out, parameterisation,
                     kernel_basis_generator(self),  # type: ignore[arg-type]
                     self.basisexpansion.points, bf, initialize)  # type: ignore[attr-defined]

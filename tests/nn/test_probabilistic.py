@@ -68,6 +68,22 @@ def test_initial_r3conv_and_linear_are_strict():
         torch.testing.assert_close(lin(x).tensor, strict(x).tensor, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("cutoff", ["default1", "default2", "default3", 1.0])
+def test_r3conv_pathways_take_the_r3conv_band_limit_rule(cutoff):
+    """R3Conv's own frequency cut-off options ('default1'...'default3', which R2Conv's rule rejects) build, and the
+    layer at uniform λ is the strict R3Conv with the same options, weights and output."""
+    gs = gspace("SO3", 1)
+    t = nn.FieldType(gs, [gs.trivial_repr, gs.irrep(1)])
+    layer = ProbabilisticR3Conv(t, t, 5, padding=2, L=1, frequencies_cutoff=cutoff)
+    assert len(layer.pathways) > 0
+    strict = nn.R3Conv(t, t, 5, padding=2, frequencies_cutoff=cutoff)
+    assert layer.weights.shape == strict.weights.shape
+    strict.weights.data.copy_(layer.weights.data)
+    strict.bias.data.copy_(layer.bias.data)
+    x = random_input(layer, size=7, dtype=torch.float32)
+    torch.testing.assert_close(layer(x).tensor, strict(x).tensor, atol=1e-6, rtol=1e-6)
+
+
 def _subgroup_indicator(lik, sid):
     _, _, child = lik.group.subgroup(sid)
     return torch.tensor([1.0 if child(g) is not None else 0.0 for g in lik.grid], dtype=torch.float64)
