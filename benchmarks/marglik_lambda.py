@@ -25,6 +25,7 @@ interrupted run continues where it stopped (finished cells are skipped); ``--rep
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/marglik_lambda.py              # 9 cells, seed 0
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/marglik_lambda.py --report-only
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/marglik_lambda.py --scale medium --seeds 0,1   # issue 16's scale
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from torch.utils.data import DataLoader
 
 from escnn_soft.data import DoubleMNIST
 from escnn_soft.doublemnist.training import cosine_lr, evaluate, set_lr, train_epoch
+from escnn_soft.laplace import refresh_batchnorm
 from escnn_soft.models import build_model
 from escnn_soft.nn.base import SoftModule
 
@@ -58,29 +60,13 @@ def _degrees(model: torch.nn.Module) -> dict[str, dict[str, float]]:
     return out
 
 
-@torch.no_grad()
-def refresh_batchnorm(model: torch.nn.Module, loader: DataLoader) -> None:
-    """Re-estimate every batch-norm layer's running statistics at the final weights and λ (one pass over the
-    training data, cumulative average). Needed after the evidence: its last λ step comes after the last
-    training epoch, so the running statistics belong to the previous filters."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [(m, m.momentum) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for x, _ in loader:
-        model(x)
-    for m, momentum in saved:
-        m.momentum = momentum
-    model.eval()
-
-
 def run_cell(symmetry: str, mode: str, seed: int, args: argparse.Namespace) -> dict:
     torch.manual_seed(seed)
     kw = {"symmetry": symmetry, "n_images": args.n_images, "seed": seed}
     train, test = DoubleMNIST(split="train", **kw), DoubleMNIST(split="test", **kw)
-    model = build_model("probabilistic", group="SO2", width=args.width, L=args.L)
+    size = ({"width": args.width} if args.arch == "default" else
+            {"arch": "thesis", "width_multiplier": args.width_multiplier})
+    model = build_model("probabilistic", group="SO2", L=args.L, **size)
     t0 = time.time()
     extra: dict = {}
     if mode.startswith("evidence"):
@@ -113,14 +99,14 @@ def run_cell(symmetry: str, mode: str, seed: int, args: argparse.Namespace) -> d
     train.set_epoch(args.epochs - 1)
     refresh_batchnorm(model, DataLoader(train, batch_size=args.batch_size))
     test_stats = evaluate(model, test_loader, torch.device("cpu"))
-    weights = HERE.parent / "runs" / "marglik_lambda"  # runs/ is not committed
+    weights = HERE.parent / "runs" / Path(args.out).name  # runs/ is not committed
     weights.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), weights / f"{symmetry}_{mode}_s{seed}.pt")
     return {"symmetry": symmetry, "mode": mode, "seed": seed, "test_accuracy": test_stats["accuracy"],
             "test_accuracy_before_bn_refresh": stale,
             "seconds": round(time.time() - t0, 1), "degrees": _degrees(model), **extra,
-            "config": {k: getattr(args, k) for k in ("n_images", "epochs", "width", "L", "lr", "lr_hyp", "batch_size",
-                                                     "hypersteps", "marglik_batch")}}
+            "config": {k: getattr(args, k) for k in ("n_images", "epochs", "arch", "width", "width_multiplier", "L", "lr",
+                                                     "lr_hyp", "batch_size", "hypersteps", "marglik_batch")}}
 
 
 def _fmt(values: list[float]) -> str:
@@ -138,9 +124,11 @@ def report(out: Path) -> str:
     if not cells:
         return "no finished cells"
     cfg = cells[0]["config"]
+    net = (f"thesis network, k = {cfg['width_multiplier']}" if cfg.get("arch") == "thesis" else
+           f"default arch, width {cfg['width']}")
     seeds = sorted({c["seed"] for c in cells})
     lines = ["# λ by task loss, regularisers or the Laplace evidence (issue 16.2)\n",
-             (f"DoubleMNIST, probabilistic SO(2) network (default arch, width {cfg['width']}, λ band limit {cfg['L']}), "
+             (f"DoubleMNIST, probabilistic SO(2) network ({net}, λ band limit {cfg['L']}), "
              f"{cfg['n_images']} images (8:1:1), {cfg['epochs']} epochs, batch {cfg['batch_size']}, Adam lr {cfg['lr']}; "
              f"evidence: burn-in {cfg['epochs'] // 2} epochs, then every epoch {cfg['hypersteps']} Adam steps "
              f"(lr {cfg['lr_hyp']}) on a {cfg['marglik_batch']}-image subset; seeds {seeds}. Machine: "
@@ -186,17 +174,29 @@ def report(out: Path) -> str:
             f"{c['symmetry']} s{c['seed']}: " + ", ".join(f"{m:.0f}" for m in c["marglik"]) for c in ev)]
     lines += ["", "Run time per cell (s): " + ", ".join(f"{c['symmetry']}/{c['mode']}/s{c['seed']} {c['seconds']:.0f}"
                                                     for c in cells)]
+    notes = out / "NOTES.md"  # hand-written: deviations and reading, kept across --report-only
+    if notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
     return "\n".join(lines) + "\n"
+
+
+#: presets of ``--scale``: ``small`` is the default arguments; ``medium`` is benchmarks/doublemnist.py's medium scale
+SCALES = {"small": {}, "medium": {"n_images": 10000, "epochs": 20, "arch": "thesis", "width_multiplier": 3}}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scale", choices=tuple(SCALES), default="small",
+                   help="small: the defaults below; medium: the thesis network at k = 3, 10,000 images, 20 epochs "
+                        "(benchmarks/doublemnist.py --scale medium), results in marglik_lambda_medium/")
     p.add_argument("--symmetries", default=",".join(SYMMETRIES))
     p.add_argument("--modes", default=",".join(MODES))  # evidence cells first when time is short
     p.add_argument("--seeds", default="0")
     p.add_argument("--n-images", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--arch", choices=("default", "thesis"), default="default")
     p.add_argument("--width", type=int, default=1)
+    p.add_argument("--width-multiplier", type=int, default=3)
     p.add_argument("--L", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--lr-hyp", type=float, default=0.1)
@@ -204,9 +204,13 @@ def main() -> None:
     p.add_argument("--hypersteps", type=int, default=5)
     p.add_argument("--marglik-batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(HERE / "marglik_lambda"))
+    p.add_argument("--out", default=None, help="cells folder (default marglik_lambda/, or marglik_lambda_medium/)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
+    for key, value in SCALES[args.scale].items():
+        setattr(args, key, value)
+    suffix = "" if args.scale == "small" else f"_{args.scale}"
+    args.out = args.out or str(HERE / f"marglik_lambda{suffix}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +228,7 @@ def main() -> None:
                     print(f"{symmetry} {mode} s{seed}: test accuracy {cell['test_accuracy']:.3f} in {cell['seconds']:.0f} s; "
                           f"{cell['degrees']}", flush=True)
     text = report(out)
-    (HERE / "results_marglik.md").write_text(text)
+    (HERE / f"results_marglik{suffix}.md").write_text(text)
     print(text)
 
 

@@ -459,7 +459,10 @@ def _verified(call: OpCall, param: Tensor, pairs: list[Pair], hyper: Sequence[Te
 def _blocks_pairs(module: torch.nn.Module, call: OpCall, param: Tensor, hooked: list[BlocksBasisExpansion],
                   hyper: Sequence[Tensor], create_graph: bool, gen: torch.Generator) -> list[Pair] | None:
     """The verified block layout of ``param`` among the candidate layouts of the layer's expansions
-    (:func:`_layouts`) and, for a 3-D tensor, the (out fields, in fields, basis) layout of its shape.
+    (:func:`_layouts`), the layout a sub-module owning ``param`` as its ``weights`` declares with
+    ``coefficient_blocks()`` (``[(start, out channels (n_o, d_o), in channels (n_i, d_i), K)]``, coefficients in
+    (out field, in field, basis) order; the probabilistic layers' pathways) and, for a 3-D tensor, the
+    (out fields, in fields, basis) layout of its shape.
 
     escnn's sampled bases are used directly when they reproduce :math:`J v` and :math:`J` does not
     depend on the hyperparameters; otherwise the bases are probed (with graph when ``create_graph``).
@@ -469,6 +472,13 @@ def _blocks_pairs(module: torch.nn.Module, call: OpCall, param: Tensor, hooked: 
     expansions = list(dict.fromkeys(hooked + [m for m in module.modules() if isinstance(m, BlocksBasisExpansion)]))
     candidates = [layout for exp in expansions
                   for layout in _layouts(exp, param.numel(), c_out, c_in, points, w.device)]
+    for owner in module.modules():  # a module that declares the block layout of its coefficients
+        declared = getattr(owner, "coefficient_blocks", None)
+        if callable(declared) and getattr(owner, "weights", None) is param:
+            candidates.append(_Layout([
+                Pair(o.to(w.device), i.to(w.device),
+                     start + torch.arange(o.shape[0] * i.shape[0] * k, device=w.device).reshape(o.shape[0], i.shape[0], k))
+                for start, o, i, k in declared()]))
     if param.ndim == 3 and c_out % param.shape[0] == 0 and c_in % param.shape[1] == 0:
         # (out fields, in fields, basis) of contiguous channel groups, e.g. doubly-stochastic layers
         n_o, n_i, k = param.shape

@@ -157,6 +157,15 @@ class _Pathway(torch.nn.Module):
     def dimension(self) -> int:
         return self.weights.numel()
 
+    def coefficient_blocks(self) -> list[tuple[int, torch.Tensor, torch.Tensor, int]]:
+        """The layout of :attr:`weights` in the filter, one entry per representation pair: ``(start, out channels
+        (n_out, o), in channels (n_in, a), K)``, the pair's coefficients being ``weights[start:start + n_out n_in K]``
+        in (output field, input field, :math:`(j, b)`) order, with :math:`K = d_\\psi n_b` basis kernels
+        :math:`\\tilde B_{j,b}` shared by every field pair. The Laplace curvature gives each pair its Kronecker
+        structure from it (:func:`escnn_soft.laplace.curvature.plan_terms`)."""
+        return [(s0, getattr(self, f"out_idx_{k}"), getattr(self, f"in_idx_{k}"), self.size * n_b)
+                for s0, _, _, n_b, k in self._pairs]
+
     def forward(self, lam: torch.Tensor) -> torch.Tensor:
         """:math:`k_\\psi`, shape ``(c_out, c_in, P)``, for the Fourier matrix ``lam`` = :math:`\\hat\\Lambda(\\psi)`."""
         filt = self.weights.new_zeros(self.c_out, self.c_in, self.n_points)
