@@ -362,6 +362,8 @@ class _Layout:
 
     pairs: list[Pair]
     sampled: list[Tensor] | None = None
+    #: bases the owning module declares (``coefficient_blocks``), with their graph to the hyperparameters
+    declared: list[Tensor] | None = None
 
 
 def _expansion_blocks(exp: BlocksBasisExpansion):
@@ -459,10 +461,14 @@ def _verified(call: OpCall, param: Tensor, pairs: list[Pair], hyper: Sequence[Te
 def _blocks_pairs(module: torch.nn.Module, call: OpCall, param: Tensor, hooked: list[BlocksBasisExpansion],
                   hyper: Sequence[Tensor], create_graph: bool, gen: torch.Generator) -> list[Pair] | None:
     """The verified block layout of ``param`` among the candidate layouts of the layer's expansions
-    (:func:`_layouts`), the layout a sub-module owning ``param`` as its ``weights`` declares with
-    ``coefficient_blocks()`` (``[(start, out channels (n_o, d_o), in channels (n_i, d_i), K)]``, coefficients in
-    (out field, in field, basis) order; the probabilistic layers' pathways) and, for a 3-D tensor, the
-    (out fields, in fields, basis) layout of its shape.
+    (:func:`_layouts`), the layout a module declares for ``param`` with ``coefficient_blocks(param)``
+    (``[(start, out channels (n_o, d_o), in channels (n_i, d_i), basis (K, d_o, d_i S))]``, coefficients in
+    (out field, in field, basis) order, the basis differentiable in the hyperparameters; the probabilistic layers'
+    pathways), and, for a 3-D tensor, the (out fields, in fields, basis) layout of its shape.
+
+    Declared bases are used as they are (with their graph) once they reproduce :math:`J v`: no forward-mode
+    probing, whose double backward with graph runs one ``select`` per basis direction through the filter assembly
+    (10x the cost of a hyperparameter step on the thesis network's probabilistic layers).
 
     escnn's sampled bases are used directly when they reproduce :math:`J v` and :math:`J` does not
     depend on the hyperparameters; otherwise the bases are probed (with graph when ``create_graph``).
@@ -472,13 +478,13 @@ def _blocks_pairs(module: torch.nn.Module, call: OpCall, param: Tensor, hooked: 
     expansions = list(dict.fromkeys(hooked + [m for m in module.modules() if isinstance(m, BlocksBasisExpansion)]))
     candidates = [layout for exp in expansions
                   for layout in _layouts(exp, param.numel(), c_out, c_in, points, w.device)]
-    for owner in module.modules():  # a module that declares the block layout of its coefficients
-        declared = getattr(owner, "coefficient_blocks", None)
-        if callable(declared) and getattr(owner, "weights", None) is param:
+    for owner in module.modules():  # a module that declares the block layout (and kernels) of its coefficients
+        declared = owner.coefficient_blocks(param) if callable(getattr(owner, "coefficient_blocks", None)) else None
+        if declared is not None:
             candidates.append(_Layout([
-                Pair(o.to(w.device), i.to(w.device),
-                     start + torch.arange(o.shape[0] * i.shape[0] * k, device=w.device).reshape(o.shape[0], i.shape[0], k))
-                for start, o, i, k in declared()]))
+                Pair(o.to(w.device), i.to(w.device), start + torch.arange(
+                    o.shape[0] * i.shape[0] * b.shape[0], device=w.device).reshape(o.shape[0], i.shape[0], -1))
+                for start, o, i, b in declared], declared=[b for *_, b in declared]))
     if param.ndim == 3 and c_out % param.shape[0] == 0 and c_in % param.shape[1] == 0:
         # (out fields, in fields, basis) of contiguous channel groups, e.g. doubly-stochastic layers
         n_o, n_i, k = param.shape
@@ -486,6 +492,12 @@ def _blocks_pairs(module: torch.nn.Module, call: OpCall, param: Tensor, hooked: 
                                         torch.arange(c_in, device=w.device).reshape(n_i, -1),
                                         torch.arange(param.numel(), device=w.device).reshape(n_o, n_i, k))]))
     for layout in candidates:
+        if layout.declared is not None:  # the owner's kernels, with their graph to the hyperparameters
+            for p, b in zip(layout.pairs, layout.declared):
+                b = b.to(device=w.device, dtype=w.dtype)
+                p.basis = b if create_graph else b.detach()
+            if _verified(call, param, layout.pairs, hyper, False, gen)[0]:
+                return layout.pairs
         if layout.sampled is not None:
             for p, b in zip(layout.pairs, layout.sampled):
                 p.basis = b.to(device=w.device, dtype=w.dtype).reshape(b.shape[0], b.shape[1], -1)

@@ -157,14 +157,20 @@ class _Pathway(torch.nn.Module):
     def dimension(self) -> int:
         return self.weights.numel()
 
-    def coefficient_blocks(self) -> list[tuple[int, torch.Tensor, torch.Tensor, int]]:
-        """The layout of :attr:`weights` in the filter, one entry per representation pair: ``(start, out channels
-        (n_out, o), in channels (n_in, a), K)``, the pair's coefficients being ``weights[start:start + n_out n_in K]``
-        in (output field, input field, :math:`(j, b)`) order, with :math:`K = d_\\psi n_b` basis kernels
-        :math:`\\tilde B_{j,b}` shared by every field pair. The Laplace curvature gives each pair its Kronecker
-        structure from it (:func:`escnn_soft.laplace.curvature.plan_terms`)."""
-        return [(s0, getattr(self, f"out_idx_{k}"), getattr(self, f"in_idx_{k}"), self.size * n_b)
-                for s0, _, _, n_b, k in self._pairs]
+    def blocks(self, lam: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The layout of :attr:`weights` in the filter for the Fourier matrix ``lam``, one entry per representation
+        pair: ``(start, out channels (n_out, o), in channels (n_in, a), basis (K, o, a P))``; the pair's coefficients
+        are ``weights[start:start + n_out n_in K]`` in (output field, input field, :math:`(j, b)`) order, and the
+        :math:`K = d_\\psi n_b` kernels :math:`\\tilde B_{j,b}` (differentiable in ``lam``) are shared by every
+        field pair: the filter block of fields ``(f_out, f_in)`` is :math:`\\sum_k w[f_{out}, f_{in}, k]\\,
+        \\tilde B_k`."""
+        out = []
+        for s0, _, _, n_b, k in self._pairs:
+            basis = getattr(self, f"basis_{k}")
+            contracted = torch.einsum("boaip,ij->jboap", basis, lam.to(basis.dtype))
+            out.append((s0, getattr(self, f"out_idx_{k}"), getattr(self, f"in_idx_{k}"),
+                        contracted.reshape(self.size * n_b, basis.shape[1], -1)))
+        return out
 
     def forward(self, lam: torch.Tensor) -> torch.Tensor:
         """:math:`k_\\psi`, shape ``(c_out, c_in, P)``, for the Fourier matrix ``lam`` = :math:`\\hat\\Lambda(\\psi)`."""
@@ -261,6 +267,15 @@ class _ProbabilisticFilter(SoftModule):
         for pathway in self.pathways:
             flat = flat + pathway(coeffs[pathway.irrep_id])
         return flat.view_as(filt), bias
+
+    def coefficient_blocks(self, param: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+        """The block layout and kernels of ``param`` when it is a pathway's ``weights`` (:meth:`_Pathway.blocks`
+        at the current λ), else ``None``: what the Laplace curvature gives its Kronecker structure
+        (:func:`escnn_soft.laplace.curvature.plan_terms`)."""
+        for pathway in self.pathways:
+            if pathway.weights is param:
+                return pathway.blocks(self.likelihood.fourier_coefficients()[pathway.irrep_id])
+        return None
 
     def _filter_parameters(self) -> list[torch.Tensor]:
         """Every parameter the filter depends on (walked without hashing escnn's basis modules)."""

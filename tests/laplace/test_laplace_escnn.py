@@ -280,3 +280,47 @@ def test_probabilistic_pathways_of_irrep_fields_get_their_declared_block_structu
         assert dense > 0.01  # the pathway has curvature: the comparison measures something
         tol = 1e-9 if name.startswith("b.") else 1e-3  # b: one output field; a: three, factorised per field
         assert structured == pytest.approx(dense, rel=tol), name
+
+
+def test_declared_pathway_kernels_give_the_probed_evidence_and_gradients(monkeypatch):
+    """The kernels a probabilistic layer declares (with their graph to λ) give the same evidence and the same
+    gradients with respect to λ as the generic path without them (here: kernels read off the filter by forward-mode
+    probing), on a layer with one input and one output field."""
+    import escnn_soft as es
+    from escnn_soft.nn.probabilistic import ProbabilisticR2Conv
+
+    torch.manual_seed(1)
+    gs = gspaces.rot2dOnR2(-1, maximum_frequency=4)
+    t0 = enn.FieldType(gs, [gs.trivial_repr])
+    t1 = enn.FieldType(gs, [gs.irrep(1)])
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = es.nn.ProbabilisticR2Conv(t0, t1, 3, L=2)
+            self.out = torch.nn.Linear(t1.size * 9, 3)
+
+        def forward(self, x):
+            return self.out(torch.tanh(self.conv(t0(x)).tensor).flatten(1))
+
+    model = Net()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "pathways" in name or "likelihood" in name:
+                p.normal_(0, 0.5)
+    model = model.double()
+    data = loader(torch.randn(6, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (6,)), 3)
+
+    def evidence(kind: str):
+        ev = LaplaceEvidence(model, "classification", hyperparameters="likelihoods").fit(data, differentiable=True)
+        kinds = {ev.params[t.param_index].name: type(t).__name__ for t in ev.curvature.terms}
+        assert kinds["conv.pathways.0.weights"] == kind, kinds
+        lml = ev.log_marginal_likelihood()
+        return lml, torch.autograd.grad(lml, ev.network_hyperparameters)[0]
+
+    declared = evidence("BlocksTerm")
+    monkeypatch.setattr(ProbabilisticR2Conv, "coefficient_blocks", lambda self, param: None)
+    probed = evidence("BlocksTerm")  # a layout of the strict expansion fits here; its kernels are probed
+    assert float(declared[1].abs().max()) > 0
+    torch.testing.assert_close(declared[0], probed[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(declared[1], probed[1], rtol=1e-8, atol=1e-10)
