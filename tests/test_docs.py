@@ -6,7 +6,7 @@ import matplotlib
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["index.md", "quickstart.md", "probabilistic.md", "metrics.md", "data.md", "migrating.md", "weight_sharing.md", "relaxed.md", "laplace.md", "distributed.md", "3d.md"]
+PAGES = ["index.md", "quickstart.md", "probabilistic.md", "metrics.md", "data.md", "migrating.md", "weight_sharing.md", "relaxed.md", "laplace.md", "distributed.md", "3d.md", "cli.md"]
 
 
 @pytest.mark.parametrize("page", PAGES)
