@@ -164,7 +164,7 @@ def restore_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Mo
             raise ValueError(
                 f"{path}: its optimiser state is stored by position (written by escnn-soft before 0.2), in an order "
                 "that depended on the writing process's hash seed, so it cannot be restored safely in another "
-                "process. Its weights still load (escnn_soft.doublemnist.load_checkpoint, 'escnn-soft report'); "
+                "process. Its weights still load without the optimiser state; "
                 "to continue training, start a new run folder, or resume in a process with the PYTHONHASHSEED "
                 "of the run that wrote it")
         return

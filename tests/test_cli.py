@@ -189,3 +189,19 @@ def test_marglik_tunes_lambda_without_regularisers_on_re_drawn_epochs(tmp_path, 
     moved = [float((a - b).abs().max()) for (name, a), b in zip(model.named_parameters(), initial.parameters())
              if name.endswith("likelihood.coefficients")]
     assert moved and max(moved) > 0  # the evidence's steps moved λ
+
+
+def test_run_config_is_typed_checked_by_flag_and_records_the_network():
+    from escnn_soft.doublemnist import ConfigError, RunConfig
+
+    config = RunConfig(method="probabilistic", compare="strict,cnn,probabilistic", arch="thesis", width_multiplier=2)
+    assert config.methods == ("probabilistic", "strict", "cnn")
+    meta = config.meta("strict")
+    assert (meta["arch"], meta["width_multiplier"], meta["readout"], meta["redraw"]) == ("thesis", 2, "flatten", True)
+    assert "width" not in meta
+    assert RunConfig(epochs=0).epochs == 0  # evaluates an untrained (or resumed) model, as before
+    for kwargs, flag in (({"method": "nope"}, "--method"), ({"compare": ("strict", "nope")}, "--compare"),
+                         ({"lr": 0.0}, "--lr"), ({"arch": "thesis", "width": 2}, "--width"),
+                         ({"resume": True}, "--resume needs --out"), ({"batch_size": 0}, "--batch-size")):
+        with pytest.raises(ConfigError, match=flag):
+            RunConfig(**kwargs)

@@ -12,6 +12,7 @@ import torch
 import escnn_soft as es
 from escnn_soft.data import DoubleMNIST, clear_cache
 from escnn_soft.models import METHODS, build_model
+from escnn_soft.nn._filter import FilterCache
 from escnn_soft.nn.base import iter_modules
 
 
@@ -84,12 +85,14 @@ def test_cuda_tolerances(method):
 # --- isolation ---------------------------------------------------------------------------------------------------
 
 def _tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Every tensor a model holds: parameters, buffers and plain attributes (the eval caches), also inside
-    tuples, lists and dicts."""
+    """Every tensor a model holds: parameters, buffers and plain attributes (the eval caches, inside
+    :class:`~escnn_soft.nn._filter.FilterCache`), also inside tuples, lists and dicts."""
     out: list[tuple[str, torch.Tensor]] = []
 
     def visit(obj, path: str, depth: int) -> None:
-        if isinstance(obj, torch.Tensor):
+        if isinstance(obj, FilterCache):
+            visit(obj.tensors(), f"{path}.cached", depth)
+        elif isinstance(obj, torch.Tensor):
             out.append((path, obj))
         elif depth < 3 and isinstance(obj, (tuple, list)):
             for i, v in enumerate(obj):
@@ -118,6 +121,8 @@ def test_two_models_share_no_tensor_and_no_cache(method):
     b = build_model(method, group="C4", width=1, n_classes=10).eval()
     with torch.no_grad():
         ya, yb = a(x), b(x)  # fills every eval cache
+        if method not in ("strict", "ds"):  # the soft layers' caches are seen by _tensors
+            assert any(".cached" in path for path, _ in _tensors(a))
         assert not _storages(a) & _storages(b)
         for p in a.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -157,6 +162,8 @@ def _cast_everything(model: torch.nn.Module, forward) -> None:
     model.eval()
     with torch.no_grad():
         forward(model, torch.float32)
+        caches = [v for m in iter_modules(model) for v in vars(m).values() if isinstance(v, FilterCache)]
+        assert all(c.tensors() for c in caches)  # the caches are full (the checks below see them)
         model.double()
         stale = [p for p, t in _tensors(model) if t.is_floating_point() and t.dtype != torch.float64]
         assert not stale, stale

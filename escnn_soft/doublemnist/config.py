@@ -79,7 +79,8 @@ class RunConfig:
     marglik_batch: int = 128
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "compare", tuple(self.compare))
+        compare = self.compare.split(",") if isinstance(self.compare, str) else self.compare
+        object.__setattr__(self, "compare", tuple(m for m in compare if m))
         for name, choices in (("method", METHODS), ("symmetry", SYMMETRIES), ("group", GROUPS),
                               ("parameterisation", PARAMETERISATIONS), ("device", DEVICES), ("source", SOURCES)):
             if getattr(self, name) not in choices:
@@ -87,7 +88,7 @@ class RunConfig:
         unknown = [m for m in self.compare if m not in METHODS]
         if unknown:
             raise ConfigError(f"{flag('compare')}: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-        for name, low in (("epochs", 1), ("L", 0), ("batch_size", 1), ("threads", 1),
+        for name, low in (("epochs", 0), ("L", 0), ("batch_size", 1), ("threads", 0),
                           ("report_images", 0), ("marglik_steps", 1), ("marglik_batch", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -273,6 +273,8 @@ def report_checkpoint(checkpoint: str | Path, *, device: str = "cpu", source: st
     next to the checkpoint). Returns the test accuracy."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    if isinstance(report_images, bool) or not isinstance(report_images, int) or report_images < 0:
+        raise ConfigError(f"--report-images {report_images!r}: must be an int >= 0")
     dev = torch.device(device)
     model, meta, _ = load_checkpoint(Path(checkpoint), dev)
     folder = Path(out or Path(checkpoint).with_suffix("").as_posix() + "_report")

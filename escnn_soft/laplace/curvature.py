@@ -63,6 +63,7 @@ from torch import Tensor
 from escnn_soft._escnn import BlocksBasisExpansion, expansion_blocks, expansion_shape
 from escnn_soft.laplace.hooks import OpCall, output_gram, unfold_patches
 from escnn_soft.laplace.parameters import LaplaceParameter
+from escnn_soft.nn.base import SoftModule
 
 __all__ = [
     "DENSE_LIMIT",
@@ -122,8 +123,11 @@ def _connected(out: Tensor, tensors: Sequence[Tensor]) -> list[bool]:
 
 
 def _eigvals(m: Tensor) -> Tensor:
-    """Eigenvalues of a symmetric PSD matrix, clipped at 0 (gradients through eigenvalues only)."""
-    return torch.linalg.eigvalsh(0.5 * (m + m.T)).clamp_min(0.0)
+    """Eigenvalues of a symmetric PSD matrix, clipped at 0 (gradients through eigenvalues only), in ``m``'s dtype.
+
+    Computed in float64: float32 ``eigvalsh`` fails to converge on the ill-conditioned, highly degenerate Gram
+    matrices of trained layers (DoubleMNIST thesis network, probabilistic pathway blocks)."""
+    return torch.linalg.eigvalsh((0.5 * (m + m.T)).double()).clamp_min(0.0).to(m.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -461,7 +465,8 @@ def _verified(call: OpCall, param: Tensor, pairs: list[Pair], hyper: Sequence[Te
 def _blocks_pairs(module: torch.nn.Module, call: OpCall, param: Tensor, hooked: list[BlocksBasisExpansion],
                   hyper: Sequence[Tensor], create_graph: bool, gen: torch.Generator) -> list[Pair] | None:
     """The verified block layout of ``param`` among the candidate layouts of the layer's expansions
-    (:func:`_layouts`), the layout a module declares for ``param`` with ``coefficient_blocks(param)``
+    (:func:`_layouts`), the layout a soft layer declares for ``param`` with
+    :meth:`~escnn_soft.nn.SoftModule.coefficient_blocks`
     (``[(start, out channels (n_o, d_o), in channels (n_i, d_i), basis (K, d_o, d_i S))]``, coefficients in
     (out field, in field, basis) order, the basis differentiable in the hyperparameters; the probabilistic layers'
     pathways), and, for a 3-D tensor, the (out fields, in fields, basis) layout of its shape.
@@ -478,9 +483,9 @@ def _blocks_pairs(module: torch.nn.Module, call: OpCall, param: Tensor, hooked: 
     expansions = list(dict.fromkeys(hooked + [m for m in module.modules() if isinstance(m, BlocksBasisExpansion)]))
     candidates = [layout for exp in expansions
                   for layout in _layouts(exp, param.numel(), c_out, c_in, points, w.device)]
-    for owner in module.modules():  # a module that declares the block layout (and kernels) of its coefficients
-        declared = owner.coefficient_blocks(param) if callable(getattr(owner, "coefficient_blocks", None)) else None
-        if declared is not None:
+    for owner in module.modules():  # a soft layer that declares the block layout (and kernels) of its coefficients
+        declared = owner.coefficient_blocks(param) if isinstance(owner, SoftModule) else None
+        if declared:
             candidates.append(_Layout([
                 Pair(o.to(w.device), i.to(w.device), start + torch.arange(
                     o.shape[0] * i.shape[0] * b.shape[0], device=w.device).reshape(o.shape[0], i.shape[0], -1))
@@ -496,8 +501,11 @@ def _blocks_pairs(module: torch.nn.Module, call: OpCall, param: Tensor, hooked: 
             for p, b in zip(layout.pairs, layout.declared):
                 b = b.to(device=w.device, dtype=w.dtype)
                 p.basis = b if create_graph else b.detach()
-            if _verified(call, param, layout.pairs, hyper, False, gen)[0]:
-                return layout.pairs
+            try:
+                if _verified(call, param, layout.pairs, hyper, False, gen)[0]:
+                    return layout.pairs
+            except (IndexError, RuntimeError):  # a malformed declaration: probe this layout instead
+                pass
         if layout.sampled is not None:
             for p, b in zip(layout.pairs, layout.sampled):
                 p.basis = b.to(device=w.device, dtype=w.dtype).reshape(b.shape[0], b.shape[1], -1)

@@ -62,6 +62,7 @@ class CurvatureStructure:
 
     def __init__(self, registry: ParameterRegistry, modules: dict[str, nn.Module]) -> None:
         self.registry, self.modules = registry, modules
+        self.reset()
 
     def reset(self) -> None:
         """Forget the accumulated curvature (a new fit)."""

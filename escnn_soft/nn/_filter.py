@@ -34,6 +34,12 @@ class FilterCache(Generic[T]):
     def clear(self) -> None:
         self._key, self._value = None, None
 
+    def tensors(self) -> list[torch.Tensor]:
+        """The cached tensors (none when empty)."""
+        value = self._value
+        items = value if isinstance(value, (tuple, list)) else [value]
+        return [t for t in items if isinstance(t, torch.Tensor)]
+
     def get(self, training: bool, parameters: Iterable[torch.Tensor], expand: Callable[[], T],
             extra: Hashable = None) -> T:
         params = [p for p in parameters if p is not None]

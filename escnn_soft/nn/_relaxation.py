@@ -313,9 +313,9 @@ class SoftConvBase(EquivariantModule, SoftModule):
     compatibility only (the basis is always private, as with ``recompute=True``); ``maximum_offset`` (2D only) is
     only passed on by :meth:`to_conv` (escnn's ``R2Conv`` does not use it either).
 
-    The expanded filter is cached in eval mode, as a non-persistent buffer (never in the
-    ``state_dict``), and rebuilt when a parameter changes (optimiser step, ``load_state_dict``,
-    ``.to()``), detected through the parameters' storage pointers and version counters. The cache is
+    The expanded filter is cached in eval mode (:class:`~escnn_soft.nn._filter.FilterCache`, a plain attribute:
+    never in the ``state_dict``, cleared by ``.train()`` and ``.to()``), and rebuilt when a parameter changes
+    (optimiser step, ``load_state_dict``), detected through the parameters' storage pointers and version counters. The cache is
     bypassed whenever autograd needs the parameters (grad mode on and a parameter requires grad), so
     eval-mode gradients (e.g. for a Laplace approximation) are always right.
     """

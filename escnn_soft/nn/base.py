@@ -76,3 +76,10 @@ class SoftModule:
     def plot(self) -> Any:
         """A matplotlib figure of what the layer learned, or ``None`` (the default): nothing to plot."""
         return None
+
+    def coefficient_blocks(self, param: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+        """The block layout of one of the layer's trained tensors in its filter, for the Laplace curvature:
+        ``[(start, out channels (n_o, d_o), in channels (n_i, d_i), basis (K, d_o, d_i S))]``, the coefficients
+        ``param[start:start + n_o n_i K]`` in (out field, in field, basis) order; ``None`` (the default) lets the
+        curvature find the layout itself (escnn's expansions, or probing)."""
+        return None

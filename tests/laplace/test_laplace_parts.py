@@ -153,3 +153,21 @@ def test_map_loss_is_the_map_objective():
         0.5 * p.pow(2).sum() for p in model.parameters()) / 100
     torch.testing.assert_close(gauss.map_loss(model(x), targets, n_data=100), expected)
     assert math.isclose(float(gauss.sigma_noise.detach()), 2.0)
+
+
+def test_curvature_eigenvalues_of_float32_blocks_are_computed_in_float64():
+    """float32 curvature blocks are decomposed in float64 (float32 eigvalsh fails to converge on ill-conditioned,
+    degenerate Gram matrices of trained layers): the eigenvalues of a float32 matrix with a 1e8 dynamic range and
+    many repeated eigenvalues equal the float64 ones of the same matrix, and gradients reach it."""
+    from escnn_soft.laplace.curvature import _eigvals
+
+    torch.manual_seed(7)
+    q, _ = torch.linalg.qr(torch.randn(200, 200, dtype=torch.float64))
+    spectrum = torch.cat([torch.full((150,), 1e-8), torch.logspace(-4, 0, 50)]).double()
+    m = ((q * spectrum) @ q.T).float().requires_grad_()
+    values = _eigvals(m)
+    assert values.dtype == torch.float32
+    expected = torch.linalg.eigvalsh(0.5 * (m.detach().double() + m.detach().double().T)).clamp_min(0)
+    torch.testing.assert_close(values.double(), expected, rtol=0, atol=1e-12 + 1e-6 * float(expected.max()))
+    values.sum().backward()
+    torch.testing.assert_close(m.grad, torch.eye(200), rtol=0, atol=1e-5)  # d(trace)/dm = I
