@@ -1,6 +1,7 @@
 """Swap strict escnn layers for soft ones (:func:`soften`) and back (:func:`harden`)."""
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -12,7 +13,7 @@ from escnn.nn import EquivariantModule
 from escnn_soft._escnn import conv_basis_kwargs
 from escnn_soft.nn.base import SoftModule
 from escnn_soft.ordering import canonical_order_
-from escnn_soft.subgroups import default_subgroups, subgroup, trivial_subgroup_id
+from escnn_soft.subgroups import default_subgroups, subgroup
 
 __all__ = ["SOFTEN_METHODS", "harden", "soften"]
 
@@ -287,37 +288,27 @@ def _harden_layer(layer: EquivariantModule, threshold: float, subgroups: dict[st
     order = sorted(candidates.items(), key=lambda kv: _group_size(group, kv[1], list(candidates).index(kv[0])),
                    reverse=True)
     weight, bias, dropped = _exported(layer)
-    best = None
-    for sub_name, sid in order + [("C1", "trivial")]:
-        if sid == "trivial":
-            sid = trivial_subgroup_id(group)
-            if sid is None:
-                continue
-        try:
-            in_t = layer.in_type if sid is None else layer.in_type.restrict(sid)
-            out_t = layer.out_type if sid is None else layer.out_type.restrict(sid)
-        except NotImplementedError:
-            if sub_name == "C1":  # escnn cannot restrict this gspace to its trivial subgroup: no such candidate
-                continue
-            raise
+    smallest = math.inf
+    for sub_name, sid in order:
+        in_t = layer.in_type if sid is None else layer.in_type.restrict(sid)
+        out_t = layer.out_type if sid is None else layer.out_type.restrict(sid)
         strict = _strict_layer(layer, in_t, out_t).to(device=weight.device, dtype=weight.dtype)
         coeffs, residual = _project(strict, weight)
         residual = (residual ** 2 + dropped ** 2) ** 0.5
-        if best is None or residual < best[3]:
-            best = (sub_name, sid, strict, residual, coeffs)
-        if residual <= 1.0 - threshold:
-            best = (sub_name, sid, strict, residual, coeffs)
-            break
-    sub_name, sid, strict, residual, coeffs = best
-    with torch.no_grad():
-        strict.weights.copy_(coeffs)
-        if bias is not None and strict.bias is not None:
-            strict.bias.copy_(torch.linalg.lstsq(strict.bias_expansion.double(), bias.double().unsqueeze(1))
-                              .solution.squeeze(1).to(strict.bias))
-    log[name] = {"subgroup": sub_name, "subgroup_id": repr(sid), "residual": residual}
-    if sid is None:
-        return strict
-    return WrappedModule(strict, layer.in_type, layer.out_type)
+        smallest = min(smallest, residual)
+        if residual > 1.0 - threshold:
+            continue
+        with torch.no_grad():
+            strict.weights.copy_(coeffs)
+            if bias is not None and strict.bias is not None:
+                strict.bias.copy_(torch.linalg.lstsq(strict.bias_expansion.double(), bias.double().unsqueeze(1))
+                                  .solution.squeeze(1).to(strict.bias))
+        log[name] = {"subgroup": sub_name, "subgroup_id": repr(sid), "residual": residual}
+        return strict if sid is None else WrappedModule(strict, layer.in_type, layer.out_type)
+    # no subgroup kept: the layer's own filter as a plain layer, exactly (escnn's steerable basis of the trivial group
+    # is sampled on rings and band-limited, so a projection onto it would lose part of a free filter)
+    log[name] = {"subgroup": "C1", "subgroup_id": "plain", "residual": 0.0, "smallest_subgroup_residual": smallest}
+    return WrappedModule(layer.export(), layer.in_type, layer.out_type)
 
 
 def harden(model: torch.nn.Module, threshold: float = 0.99, subgroups: dict[str, Any] | None = None,
@@ -326,8 +317,10 @@ def harden(model: torch.nn.Module, threshold: float = 0.99, subgroups: dict[str,
 
     For each soft layer the current filter ``k`` (its ``export()``) is projected by least squares onto
     escnn's steerable basis of each candidate subgroup ``S`` (largest first: the whole group, then
-    ``default_subgroups``, then the trivial group); the first ``S`` whose relative residual
-    ``||k - P_S k|| / ||k||`` is at most ``1 - threshold`` is kept. The new layer is an escnn
+    ``default_subgroups``); the first ``S`` whose relative residual ``||k - P_S k|| / ||k||`` is at most
+    ``1 - threshold`` is kept. A layer that keeps no subgroup becomes its own plain layer (its ``export()``,
+    wrapped to take and return its field types: exactly the soft layer's function, equivariant to nothing;
+    logged as subgroup ``"C1"``, id ``"plain"``, with ``smallest_subgroup_residual``). The new layer is an escnn
     ``R2Conv``/``R3Conv``/``Linear`` — on the layer's own field types for the whole group, or on the
     types restricted to ``S`` and wrapped (:class:`escnn_soft.metrics.WrappedModule`) so that it keeps
     composing with the rest of the network — so it is *exactly* ``S``-equivariant. A non-stationary
