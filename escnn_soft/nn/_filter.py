@@ -15,6 +15,7 @@ import torch
 __all__ = ["FilterCache", "plain_conv", "plain_linear"]
 
 T = TypeVar("T")
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 class FilterCache(Generic[T]):
@@ -60,22 +61,20 @@ def plain_conv(filt: torch.Tensor, bias: torch.Tensor | None, *, stride: int = 1
     and ``bias``, on their device and dtype, in eval mode."""
     d = filt.dim() - 2
     cls = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[d]
-    conv = cls(filt.shape[1] * groups, filt.shape[0], tuple(filt.shape[2:]), stride=stride, padding=padding,
-               dilation=dilation, groups=groups, bias=bias is not None, padding_mode=padding_mode)
-    conv = conv.to(device=filt.device, dtype=filt.dtype)
-    with torch.no_grad():
-        conv.weight.copy_(filt)
-        if bias is not None:
-            conv.bias.copy_(bias)
-    return conv.eval()
+    return _holding(cls(filt.shape[1] * groups, filt.shape[0], tuple(filt.shape[2:]), stride=stride, padding=padding,
+                        dilation=dilation, groups=groups, bias=bias is not None, padding_mode=padding_mode), filt, bias)
 
 
 def plain_linear(matrix: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
     """A plain ``torch.nn.Linear`` holding ``matrix`` (``(out, in)``) and ``bias``, on their device and dtype."""
-    lin = torch.nn.Linear(matrix.shape[1], matrix.shape[0], bias=bias is not None)
-    lin = lin.to(device=matrix.device, dtype=matrix.dtype)
+    return _holding(torch.nn.Linear(matrix.shape[1], matrix.shape[0], bias=bias is not None), matrix, bias)
+
+
+def _holding(module: M, weight: torch.Tensor, bias: torch.Tensor | None) -> M:
+    """``module`` on ``weight``'s device and dtype, holding ``weight`` and ``bias``, in eval mode."""
+    module = module.to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
-        lin.weight.copy_(matrix)
+        module.weight.copy_(weight)
         if bias is not None:
-            lin.bias.copy_(bias)
-    return lin.eval()
+            module.bias.copy_(bias)
+    return module.eval()
