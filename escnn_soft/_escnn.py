@@ -27,7 +27,7 @@ What lives here:
 * :func:`he_stds` — escnn's generalised He initialisation without escnn's Python loop over every coefficient
   (3 s for a 512-channel layer, almost all of its construction);
 * escnn's convolution helpers — :func:`compute_basis_params_2d`, :func:`compute_basis_params_3d`,
-  :func:`grid_coords`, :func:`conv_basis_kwargs`, :func:`kernel_basis_generator`, :func:`reversed_padding`;
+  :func:`grid_coords`, :func:`conv_basis_kwargs`, :func:`kernel_basis_generator`;
 * :func:`interpolate_transform_basespace` — a gspace's action on a sampled signal;
 * empty bases and eval-mode buffers — :func:`is_empty_basis_error`, :data:`MODE_DEPENDENT_BUFFERS`,
   :func:`keeps_mode_dependent_buffers`, :func:`drop_mode_dependent_buffers_`.
@@ -79,7 +79,6 @@ __all__ = [
     "private_blocks_expansion",
     "private_sampled_basis",
     "privatize_",
-    "reversed_padding",
 ]
 
 # ``BlocksBasisExpansion`` / ``BlocksBasisSampler`` (isinstance checks, type hints), ``compute_basis_params_2d`` /
@@ -246,12 +245,6 @@ def kernel_basis_generator(conv: torch.nn.Module) -> Callable[[Representation, R
     """``(in_repr, out_repr) -> KernelBasis`` of an escnn ``R2Conv`` / ``R3Conv`` (its ``sigma``, ``rings`` and
     maximum frequency)."""
     return conv._build_kernel_basis
-
-
-def reversed_padding(conv: torch.nn.Module) -> tuple[int, ...]:
-    """The padding of an escnn ``R2Conv`` / ``R3Conv`` as ``torch.nn.functional.pad`` takes it (last dimension
-    first, each side repeated)."""
-    return conv._reversed_padding_repeated_twice
 
 
 def interpolate_transform_basespace(gspace: GSpace, x: np.ndarray, g: GroupElement, order: int = 2) -> np.ndarray:

@@ -167,13 +167,6 @@ def test_private_blocks_expansion_and_sampled_basis_are_escnn_s():
         adapter.conv_basis_kwargs(torch.nn.Linear(1, 1))
 
 
-def test_reversed_padding_is_torch_s():
-    gs = gspaces.rot2dOnR2(4)
-    t = enn.FieldType(gs, [gs.regular_repr])
-    conv = enn.R2Conv(t, t, 5, padding=(1, 2), padding_mode="circular")
-    assert adapter.reversed_padding(conv) == (2, 2, 1, 1)
-
-
 def test_interpolate_transform_basespace_is_geometric_tensor_transform():
     gs = gspaces.rot2dOnR2(4)
     t = enn.FieldType(gs, [gs.trivial_repr])

@@ -4,6 +4,8 @@
   :math:`k_\\lambda`, the relaxed family's filter and bias, the non-stationary relaxed layers' position gains).
 * :func:`plain_conv` / :func:`plain_linear` — the one export path: a ``torch.nn.Conv1d/2d/3d`` or
   ``torch.nn.Linear`` holding a given filter (or matrix) and bias, on their device and dtype, in eval mode.
+* :func:`convolve` / :func:`conv_output_shape` — the one way the soft convolutions apply their filter and
+  predict their output shape (``evaluate_output_shape``), as ``torch.nn.Conv{d}d`` does.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Generic, TypeVar
 
 import torch
 
-__all__ = ["FilterCache", "plain_conv", "plain_linear"]
+__all__ = ["FilterCache", "conv_output_shape", "convolve", "plain_conv", "plain_linear"]
 
 T = TypeVar("T")
 M = TypeVar("M", bound=torch.nn.Module)
@@ -78,3 +80,39 @@ def _holding(module: M, weight: torch.Tensor, bias: torch.Tensor | None) -> M:
         if bias is not None:
             module.bias.copy_(bias)
     return module.eval()
+
+
+def _per_dimension(padding: int | tuple[int, ...], d: int) -> tuple[int, ...]:
+    return tuple(padding) if isinstance(padding, (tuple, list)) else (int(padding),) * d
+
+
+def convolve(x: torch.Tensor, filt: torch.Tensor, bias: torch.Tensor | None, *, stride: int = 1,
+             padding: int | tuple[int, ...] = 0, dilation: int = 1, groups: int = 1,
+             padding_mode: str = "zeros") -> torch.Tensor:
+    """:math:`y = K \\star x + b` with ``torch.nn.functional.conv{d}d`` (``d = filt.dim() - 2``); padding modes other
+    than ``"zeros"`` pad explicitly first, as ``torch.nn.Conv{d}d`` does."""
+    d = filt.dim() - 2
+    conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}[d]
+    pads = _per_dimension(padding, d)
+    if padding_mode == "zeros":
+        return conv(x, filt, bias, stride, pads, dilation, groups)
+    both_sides = tuple(q for p in reversed(pads) for q in (p, p))
+    return conv(torch.nn.functional.pad(x, both_sides, padding_mode), filt, bias, stride, 0, dilation, groups)
+
+
+def conv_output_shape(input_shape: tuple[int, ...], in_channels: int, out_channels: int, kernel_size: int, *,
+                      stride: int = 1, padding: int | tuple[int, ...] = 0, dilation: int = 1, d: int = 2
+                      ) -> tuple[int, ...]:
+    """The output shape of :func:`convolve` on ``input_shape`` ``(batch, in_channels, *d sizes)``:
+    :math:`\\lfloor (n + 2p - \\delta (k - 1) - 1) / s \\rfloor + 1` per dimension.
+
+    Raises:
+        ValueError: ``input_shape`` is not ``(batch, in_channels, ...)`` with ``d`` spatial sizes.
+    """
+    if len(input_shape) != 2 + d or input_shape[1] != in_channels:
+        dims = ", ".join("DHW"[3 - d:])
+        raise ValueError(f"input_shape: expected (batch, {in_channels}, {dims}), got {tuple(input_shape)}")
+    extent = dilation * (kernel_size - 1) + 1
+    size = [(n + 2 * p - extent) // stride + 1 for n, p in zip(input_shape[2:], _per_dimension(padding, d))]
+    return (input_shape[0], out_channels, *size)
+

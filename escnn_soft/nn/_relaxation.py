@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from escnn.gspaces import GSpace, GSpace2D, GSpace3D
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor, R2Conv, R3Conv
-from torch.nn.functional import conv2d, conv3d, pad
 
 from escnn_soft._escnn import (
     BlocksBasisExpansion,
@@ -40,7 +39,7 @@ from escnn_soft._escnn import (
     private_blocks_expansion,
 )
 from escnn_soft.metrics.equivariance import equivariance_error
-from escnn_soft.nn._filter import FilterCache, plain_conv
+from escnn_soft.nn._filter import FilterCache, conv_output_shape, convolve, plain_conv
 from escnn_soft.nn.base import SoftModule
 from escnn_soft.subgroups import (
     default_subgroups,
@@ -362,7 +361,6 @@ class SoftConvBase(EquivariantModule, SoftModule):
         self.padding_mode = padding_mode
         self.groups = groups
         self._pad2 = pad2  # the padding per spatial dimension (named for the 2D layers; d entries)
-        self._reversed_padding_repeated_twice = tuple(q for p in reversed(pad2) for q in (p, p))
         self._kernel_shape = (kernel_size,) * d
         # the escnn R2Conv / R3Conv arguments, for to_conv()
         self._r2conv_kwargs = {
@@ -571,11 +569,8 @@ class SoftConvBase(EquivariantModule, SoftModule):
         return super()._apply(fn, recurse)
 
     def _conv(self, x: torch.Tensor, filt: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        conv = conv2d if self._dim == 2 else conv3d
-        if self.padding_mode == "zeros":
-            return conv(x, filt, bias, self.stride, self._pad2, self.dilation, self.groups)
-        return conv(pad(x, self._reversed_padding_repeated_twice, self.padding_mode), filt, bias, self.stride,
-                    0, self.dilation, self.groups)
+        return convolve(x, filt, bias, stride=self.stride, padding=self._pad2, dilation=self.dilation,
+                        groups=self.groups, padding_mode=self.padding_mode)
 
     def _check_input(self, x: Any) -> None:
         if not isinstance(x, GeometricTensor):
@@ -591,12 +586,8 @@ class SoftConvBase(EquivariantModule, SoftModule):
         return GeometricTensor(self._conv(input.tensor, filt, bias), self.out_type)
 
     def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        if len(input_shape) != 2 + self._dim or input_shape[1] != self.in_type.size:
-            dims = "H, W" if self._dim == 2 else "D, H, W"
-            raise ValueError(f"input_shape: expected (batch, {self.in_type.size}, {dims}), got {tuple(input_shape)}")
-        extent = self.dilation * (self.kernel_size - 1) + 1
-        size = [(w + 2 * p - extent) // self.stride + 1 for w, p in zip(input_shape[2:], self._pad2)]
-        return (input_shape[0], self.out_type.size, *size)
+        return conv_output_shape(input_shape, self.in_type.size, self.out_type.size, self.kernel_size,
+                                 stride=self.stride, padding=self._pad2, dilation=self.dilation, d=self._dim)
 
     def _plain_conv(self, filt: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Module:
         """A plain :class:`torch.nn.Conv2d` / :class:`torch.nn.Conv3d` with this layer's geometry holding ``filt``

@@ -48,10 +48,9 @@ from escnn_soft._escnn import (
     kernel_basis_generator,
     private_sampled_basis,
     privatize_,
-    reversed_padding,
 )
 from escnn_soft.likelihood import GroupLikelihood
-from escnn_soft.nn._filter import FilterCache, plain_conv, plain_linear
+from escnn_soft.nn._filter import FilterCache, conv_output_shape, convolve, plain_conv, plain_linear
 from escnn_soft.nn.base import SoftModule, iter_modules
 from escnn_soft.subgroups import default_subgroups
 
@@ -384,26 +383,15 @@ class _ProbabilisticConv(_ProbabilisticFilter):
                     self.basisexpansion.points, bf, initialize)  # type: ignore[attr-defined]
 
     def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        c_in = self.in_type.size  # type: ignore[attr-defined]
-        if len(input_shape) != 2 + self.d or input_shape[1] != c_in:
-            raise ValueError(f"input_shape: expected (batch, {c_in}, {', '.join('HWD'[:self.d])}), got "
-                             f"{tuple(input_shape)}")
-        pads = self.padding if isinstance(self.padding, tuple) else (self.padding,) * self.d  # type: ignore
-        extent = self.dilation * (self.kernel_size - 1) + 1  # type: ignore[attr-defined]
-        size = [(n + 2 * p - extent) // self.stride + 1 for n, p in zip(input_shape[2:], pads)]  # type: ignore
-        return (input_shape[0], self.out_type.size, *size)  # type: ignore[attr-defined]
+        return conv_output_shape(input_shape, self.in_type.size, self.out_type.size,  # type: ignore[attr-defined]
+                                 self.kernel_size, stride=self.stride, padding=self.padding,  # type: ignore
+                                 dilation=self.dilation, d=self.d)  # type: ignore[attr-defined]
 
     def forward(self, input: GeometricTensor) -> GeometricTensor:
         _check_input(input, self.in_type)  # type: ignore[attr-defined]
         filt, bias = self._current_filter()
-        conv = F.conv2d if self.d == 2 else F.conv3d
-        x = input.tensor
-        if self.padding_mode == "zeros":  # type: ignore[attr-defined]
-            out = conv(x, filt, bias, stride=self.stride, padding=self.padding,  # type: ignore[attr-defined]
-                       dilation=self.dilation)  # type: ignore[attr-defined]
-        else:
-            x = F.pad(x, reversed_padding(self), self.padding_mode)  # type: ignore
-            out = conv(x, filt, bias, stride=self.stride, dilation=self.dilation)  # type: ignore[attr-defined]
+        out = convolve(input.tensor, filt, bias, stride=self.stride, padding=self.padding,  # type: ignore
+                       dilation=self.dilation, padding_mode=self.padding_mode)  # type: ignore[attr-defined]
         return GeometricTensor(out, self.out_type, coords=None)  # type: ignore[attr-defined]
 
     def export(self) -> torch.nn.Module:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from escnn_soft.nn._filter import FilterCache, plain_conv, plain_linear
+from escnn_soft.nn._filter import FilterCache, conv_output_shape, convolve, plain_conv, plain_linear
 
 
 def test_cache_reuses_only_while_nothing_changed():
@@ -48,3 +48,19 @@ def test_plain_conv_computes_the_functional_convolution(d):
 def test_plain_linear_computes_the_functional_linear():
     matrix, x = torch.randn(3, 5), torch.randn(4, 5)
     torch.testing.assert_close(plain_linear(matrix, None)(x), x @ matrix.T)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("mode", ["zeros", "circular", "reflect"])
+def test_convolve_and_its_output_shape_are_torch_s_conv(d, mode):
+    """The soft convolutions apply their filter as ``torch.nn.Conv{d}d`` with the same arguments does, padding
+    modes and per-dimension padding included, and predict its output shape."""
+    torch.manual_seed(0)
+    padding = (1, 2) if d == 2 else (1, 2, 0)
+    conv = getattr(torch.nn, f"Conv{d}d")(4, 6, 3, stride=2, padding=padding, dilation=1, groups=2, padding_mode=mode)
+    x = torch.randn(2, 4, *(9,) * d)
+    y = convolve(x, conv.weight, conv.bias, stride=2, padding=padding, groups=2, padding_mode=mode)
+    torch.testing.assert_close(y, conv(x), rtol=1e-6, atol=1e-6)
+    assert conv_output_shape(tuple(x.shape), 4, 6, 3, stride=2, padding=padding, d=d) == tuple(y.shape)
+    with pytest.raises(ValueError, match=r"input_shape: expected \(batch, 4, "):
+        conv_output_shape((2, 5, *(9,) * d), 4, 6, 3, d=d)
