@@ -174,16 +174,12 @@ class _Pathway(torch.nn.Module):
     def forward(self, lam: torch.Tensor) -> torch.Tensor:
         """:math:`k_\\psi`, shape ``(c_out, c_in, P)``, for the Fourier matrix ``lam`` = :math:`\\hat\\Lambda(\\psi)`."""
         filt = self.weights.new_zeros(self.c_out, self.c_in, self.n_points)
-        for s0, n_out, n_in, n_b, k in self._pairs:
-            basis = getattr(self, f"basis_{k}")
-            d = self.size
-            o, a = basis.shape[1], basis.shape[2]
-            contracted = torch.einsum("boaip,ij->jboap", basis, lam.to(basis.dtype)).reshape(d * n_b, -1)
-            w = self.weights[s0:s0 + n_out * n_in * d * n_b].view(n_out * n_in, d * n_b)
-            kernels = (w @ contracted).view(n_out, n_in, o, a, -1).permute(0, 2, 1, 3, 4)
-            out_idx = getattr(self, f"out_idx_{k}")[:, :, None, None]
-            in_idx = getattr(self, f"in_idx_{k}")[None, None, :, :]
-            filt = filt.index_put((out_idx, in_idx), kernels.to(filt.dtype))  # matmul may run in an autocast dtype
+        for s0, out_idx, in_idx, basis in self.blocks(lam):
+            (n_out, o), (n_in, a), n_k = out_idx.shape, in_idx.shape, basis.shape[0]
+            w = self.weights[s0:s0 + n_out * n_in * n_k].view(n_out * n_in, n_k)
+            kernels = (w @ basis.reshape(n_k, -1)).view(n_out, n_in, o, a, -1).permute(0, 2, 1, 3, 4)
+            filt = filt.index_put((out_idx[:, :, None, None], in_idx[None, None, :, :]),
+                                  kernels.to(filt.dtype))  # matmul may run in an autocast dtype
         return filt
 
 
