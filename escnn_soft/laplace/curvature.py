@@ -480,16 +480,16 @@ def _blocks_pairs(module: torch.nn.Module, call: OpCall, param: Tensor, hooked: 
     """
     w = call.weight
     c_out, c_in, points = w.shape[0], w.shape[1], w[0, 0].numel()
-    expansions = list(dict.fromkeys(hooked + [m for m in module.modules() if isinstance(m, BlocksBasisExpansion)]))
-    candidates = [layout for exp in expansions
-                  for layout in _layouts(exp, param.numel(), c_out, c_in, points, w.device)]
-    for owner in module.modules():  # a soft layer that declares the block layout (and kernels) of its coefficients
+    candidates = []
+    for owner in module.modules():  # a soft layer that declares the block layout (and kernels) of its coefficients:
         declared = owner.coefficient_blocks(param) if isinstance(owner, SoftModule) else None
-        if declared:
+        if declared:  # tried first, as it needs no probing
             candidates.append(_Layout([
                 Pair(o.to(w.device), i.to(w.device), start + torch.arange(
                     o.shape[0] * i.shape[0] * b.shape[0], device=w.device).reshape(o.shape[0], i.shape[0], -1))
                 for start, o, i, b in declared], declared=[b for *_, b in declared]))
+    expansions = list(dict.fromkeys(hooked + [m for m in module.modules() if isinstance(m, BlocksBasisExpansion)]))
+    candidates += [layout for exp in expansions for layout in _layouts(exp, param.numel(), c_out, c_in, points, w.device)]
     if param.ndim == 3 and c_out % param.shape[0] == 0 and c_in % param.shape[1] == 0:
         # (out fields, in fields, basis) of contiguous channel groups, e.g. doubly-stochastic layers
         n_o, n_i, k = param.shape
