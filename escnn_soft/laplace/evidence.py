@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from escnn_soft.distributed import is_distributed, rank, sum_over_ranks, world_size
 from escnn_soft.laplace.hooks import OpCall, OpRecorder
 from escnn_soft.laplace.likelihoods import ObservationLikelihood, make_likelihood
-from escnn_soft.laplace.parameters import PRIOR_STRUCTURES, LaplaceParameter, ParameterRegistry
+from escnn_soft.laplace.parameters import LaplaceParameter, ParameterRegistry
 from escnn_soft.laplace.structures import CURVATURES, Batch, CurvatureStructure
 from escnn_soft.nn.base import SoftModule
 
@@ -102,17 +102,11 @@ class LaplaceEvidence:
                  sigma_noise: float = 1.0, hyperparameters: str | Iterable[str | Tensor] | None = None,
                  exclude: str | None | Iterable[Any] = "default", stochastic: bool = False,
                  mc_samples: int = 1) -> None:
-        if likelihood not in ("classification", "regression"):
-            raise ValueError(f"likelihood: {likelihood!r}; use 'classification' or 'regression'")
         if hessian not in CURVATURES:
             raise ValueError(f"hessian: {hessian!r}; use 'kron' (Kronecker-factored GGN), 'kfac' (its dense "
                              "pull-back, tiny layers) or 'full' (exact GGN, tiny models)")
-        if prior_structure not in PRIOR_STRUCTURES:
-            raise ValueError(f"prior_structure: {prior_structure!r}; use 'layerwise', 'parameterwise' or 'scalar'")
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples: {mc_samples!r}; must be an int >= 1")
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         try:
             positive = bool((torch.as_tensor(prior_precision, dtype=torch.float64) > 0).all())
         except (TypeError, ValueError, RuntimeError):
@@ -125,11 +119,12 @@ class LaplaceEvidence:
         self.prior_structure = prior_structure
         self.stochastic = stochastic
         self.mc_samples = mc_samples
-        #: the split of the network's tensors and the prior groups
+        #: the split of the network's tensors and the prior groups (checks ``model``, ``prior_structure``,
+        #: ``hyperparameters`` and ``exclude``)
         self.registry = ParameterRegistry(model, hyperparameters=hyperparameters, exclude=exclude,
                                           prior_structure=prior_structure)
         first = self.registry.params[0].tensor
-        #: the observation likelihood (:mod:`escnn_soft.laplace.likelihoods`)
+        #: the observation likelihood (:mod:`escnn_soft.laplace.likelihoods`; checks ``likelihood`` and ``sigma_noise``)
         self.data_likelihood: ObservationLikelihood = make_likelihood(likelihood, first.dtype, first.device,
                                                                       sigma_noise)
         #: the curvature structure (:mod:`escnn_soft.laplace.structures`)
