@@ -74,12 +74,16 @@ def _train_loader(train_set, config: RunConfig, ctx: DistContext, epoch: int) ->
     return DataLoader(train_set, batch_size=config.batch_size // ctx.world_size, sampler=sampler, drop_last=True)
 
 
+def _check_device(device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+
+
 def _context(config: RunConfig) -> DistContext:
     """The process group of a ``torchrun`` launch (or one process), checked against the batch size."""
     from escnn_soft.distributed import init_from_env
 
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    _check_device(config.device)
     try:
         ctx = init_from_env(config.device)
     except RuntimeError as e:
@@ -271,8 +275,7 @@ def report_checkpoint(checkpoint: str | Path, *, device: str = "cpu", source: st
     """``escnn-soft report``: test accuracy, hardened accuracy, what each layer learned and the subgroup report of
     a checkpoint, on the test split of the data it was trained on; plots and report written to ``out`` (default
     next to the checkpoint). Returns the test accuracy."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    _check_device(device)
     if isinstance(report_images, bool) or not isinstance(report_images, int) or report_images < 0:
         raise ConfigError(f"--report-images {report_images!r}: must be an int >= 0")
     dev = torch.device(device)
