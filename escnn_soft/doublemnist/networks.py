@@ -139,26 +139,14 @@ def conv_factory(method: str, **method_kwargs) -> Callable[..., EquivariantModul
             return conv
 
         return strict
-    if method == "probabilistic":
-        from escnn_soft.nn import ProbabilisticR2Conv
+    soft = {"probabilistic": "ProbabilisticR2Conv", "relaxed": "RelaxedR2Conv", "rpp": "RPPR2Conv",
+            "rsteer": "RSteerR2Conv"}
+    if method in soft:
+        from escnn_soft import nn as soft_nn
 
-        return lambda i, o, k, padding, stride=1, bias=True: ProbabilisticR2Conv(i, o, k, padding=padding, stride=stride,
-                                                                   bias=bias, **method_kwargs)
-    if method == "relaxed":
-        from escnn_soft.nn import RelaxedR2Conv
-
-        return lambda i, o, k, padding, stride=1, bias=True: RelaxedR2Conv(i, o, k, padding=padding, stride=stride,
-                                                                   bias=bias, **method_kwargs)
-    if method == "rpp":
-        from escnn_soft.nn import RPPR2Conv
-
-        return lambda i, o, k, padding, stride=1, bias=True: RPPR2Conv(i, o, k, padding=padding, stride=stride,
-                                                                   bias=bias, **method_kwargs)
-    if method == "rsteer":
-        from escnn_soft.nn import RSteerR2Conv
-
-        return lambda i, o, k, padding, stride=1, bias=True: RSteerR2Conv(i, o, k, padding=padding, stride=stride,
-                                                                   bias=bias, **method_kwargs)
+        cls = getattr(soft_nn, soft[method])
+        return lambda i, o, k, padding, stride=1, bias=True: cls(i, o, k, padding=padding, stride=stride, bias=bias,
+                                                                 **method_kwargs)
     raise ValueError(f"method={method!r} has no steerable convolution; choose one of "
                      f"{', '.join(m for m in METHODS if m not in ('cnn', 'ds'))} (or build PlainDoubleMNISTNet "
                      f"for 'cnn', DSDoubleMNISTNet for 'ds')")
