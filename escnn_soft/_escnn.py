@@ -67,7 +67,6 @@ __all__ = [
     "compute_basis_params_2d",
     "compute_basis_params_3d",
     "conv_basis_kwargs",
-    "drop_mode_dependent_buffers_",
     "expansion_blocks",
     "expansion_shape",
     "grid_coords",
@@ -75,7 +74,6 @@ __all__ = [
     "interpolate_transform_basespace",
     "is_empty_basis_error",
     "keeps_mode_dependent_buffers",
-    "kernel_basis_generator",
     "private_blocks_expansion",
     "private_sampled_basis",
     "privatize_",
@@ -241,12 +239,6 @@ def conv_basis_kwargs(conv: torch.nn.Module, missing_ok: bool = False) -> dict[s
     return {"sigma": conv._sigma, "rings": conv._rings}
 
 
-def kernel_basis_generator(conv: torch.nn.Module) -> Callable[[Representation, Representation], KernelBasis]:
-    """``(in_repr, out_repr) -> KernelBasis`` of an escnn ``R2Conv`` / ``R3Conv`` (its ``sigma``, ``rings`` and
-    maximum frequency)."""
-    return conv._build_kernel_basis
-
-
 def interpolate_transform_basespace(gspace: GSpace, x: np.ndarray, g: GroupElement, order: int = 2) -> np.ndarray:
     """escnn's action of ``g`` on a signal ``x`` sampled on the base space, :math:`x'(p) = x(g^{-1}p)` (the one
     ``GeometricTensor.transform`` uses): exact on grid-exact elements, a spline interpolation of ``order``
@@ -273,10 +265,3 @@ def keeps_mode_dependent_buffers(module: torch.nn.Module) -> bool:
     """Whether ``module`` is an escnn layer (an ``R2Conv`` / ``R3Conv`` or a ``Linear``, or a subclass) that may
     hold :data:`MODE_DEPENDENT_BUFFERS`."""
     return isinstance(module, (_RdConv, Linear))
-
-
-def drop_mode_dependent_buffers_(module: torch.nn.Module) -> None:
-    """Remove, in place, the :data:`MODE_DEPENDENT_BUFFERS` registered on ``module`` itself (not its children)."""
-    for name in MODE_DEPENDENT_BUFFERS:
-        if name in module._buffers:
-            del module._buffers[name]

@@ -14,6 +14,7 @@ from escnn import nn as enn
 from escnn.kernels import EmptyBasisException
 
 from escnn_soft import _escnn as adapter
+from escnn_soft.nn._strict import SteerableConv
 
 PACKAGE = Path(__file__).resolve().parents[1] / "escnn_soft"
 
@@ -145,7 +146,7 @@ def test_privatize_keeps_the_filter_and_shares_nothing():
 
 def test_private_blocks_expansion_and_sampled_basis_are_escnn_s():
     conv = _conv("D4").float()
-    gen = adapter.kernel_basis_generator(conv)
+    gen = SteerableConv(conv.in_type, conv.out_type, 5, initialize=False).kernel_basis(conv.space)
     bf, rings, sigma, _ = adapter.compute_basis_params_2d(5)
     assert adapter.conv_basis_kwargs(conv) == {"sigma": sigma, "rings": rings}
     points = adapter.grid_coords(2, 5)
@@ -188,7 +189,7 @@ def test_empty_basis_errors():
 
 
 def test_mode_dependent_buffers_are_escnn_s():
-    """The buffers escnn's layers add in eval mode are exactly the adapter's names."""
+    """The buffers escnn's layers add in eval mode (and drop in train mode) are exactly the adapter's names."""
     gs = gspaces.rot2dOnR2(4)
     t = enn.FieldType(gs, [gs.regular_repr])
     g0 = gspaces.no_base_space(group.cyclic_group(4))
@@ -199,8 +200,7 @@ def test_mode_dependent_buffers_are_escnn_s():
         eval_keys = set(layer.eval().state_dict())
         added = eval_keys - train_keys
         assert added and added <= set(adapter.MODE_DEPENDENT_BUFFERS) and train_keys <= eval_keys
-        adapter.drop_mode_dependent_buffers_(layer)
-        assert set(layer.state_dict()) == train_keys
+        assert set(layer.train().state_dict()) == train_keys
     assert not adapter.keeps_mode_dependent_buffers(torch.nn.Conv2d(1, 1, 3))
 
 
@@ -221,7 +221,7 @@ PRIVATE = [
 #: attributes of escnn's R2Conv / R3Conv that escnn_soft's relaxed layers (SoftConvBase) also define for themselves:
 #: ``self.<name>`` is allowed in the modules of those layers, any other use anywhere is a reach into escnn
 OWN = ["_sigma", "_rings", "_maximum_frequency", "_reversed_padding_repeated_twice", "_basisexpansion"]
-OWNERS = {"nn/_relaxation.py", "nn/relaxed.py", "nn/rpp.py", "nn/rsteer.py"}
+OWNERS = {"nn/_strict.py", "nn/_relaxation.py", "nn/relaxed.py", "nn/rpp.py", "nn/rsteer.py"}
 ADAPTER = "_escnn.py"
 
 

@@ -1,11 +1,11 @@
 """Shared machinery of the relaxed steerable convolutions (RelaxedR2Conv, RPPR2Conv, RSteerR2Conv and their
 3D counterparts RelaxedR3Conv, RPPR3Conv, RSteerR3Conv).
 
-* :class:`SoftConvBase` (with :class:`SoftR2ConvBase` and :class:`SoftR3ConvBase`) — the strict part every layer
-  owns (an escnn ``R2Conv``'s / ``R3Conv``'s ``weights``, ``bias`` and private sampled basis, with the same
-  argument names and basis ordering, so that ``layer.weights`` can be copied from / to the escnn layer), the
-  dimension (2 or 3) being a class attribute; the eval-mode filter cache,
-  ``evaluate_output_shape``, the relaxed subgroup and the shared parts of ``degree()``.
+* :class:`SoftConvBase` (with :class:`SoftR2ConvBase` and :class:`SoftR3ConvBase`) — on top of the strict part
+  every soft convolution owns (:class:`~escnn_soft.nn._strict.SteerableConv`: an escnn ``R2Conv``'s / ``R3Conv``'s
+  ``weights``, ``bias`` and private sampled basis, the evaluation-mode filter cache, ``forward``,
+  ``evaluate_output_shape``, ``export()``), the relaxed subgroup, the conversion from and to the strict escnn
+  layer and the shared parts of ``degree()``; the dimension (2 or 3) is a class attribute.
 * Block-wise helpers working on an escnn :class:`BlocksBasisExpansion`: :func:`expand_blocks` expands a
   batch of coefficient vectors — optionally one per kernel position — and :func:`projection_gram`
   measures the part of filters that lies in the span of the steerable basis (orthogonal projection on
@@ -18,28 +18,22 @@ The subgroup helpers the layers use (:func:`~escnn_soft.subgroups.resolve_subgro
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from escnn.gspaces import GSpace, GSpace2D, GSpace3D
-from escnn.nn import EquivariantModule, FieldType, GeometricTensor, R2Conv, R3Conv
+from escnn.gspaces import GSpace
+from escnn.nn import FieldType, GeometricTensor, R2Conv, R3Conv
 
 from escnn_soft._escnn import (
     BlocksBasisExpansion,
     ExpansionBlock,
-    compute_basis_params_2d,
-    compute_basis_params_3d,
     conv_basis_kwargs,
     expansion_blocks,
     expansion_shape,
-    grid_coords,
-    he_stds,
-    private_blocks_expansion,
 )
 from escnn_soft.metrics.equivariance import equivariance_error
-from escnn_soft.nn._filter import FilterCache, conv_output_shape, convolve, plain_conv
+from escnn_soft.nn._strict import SteerableConv
 from escnn_soft.nn.base import SoftModule
 from escnn_soft.subgroups import (
     default_subgroups,
@@ -301,125 +295,29 @@ def _positive_log(value: float, argname: str, allow_zero: bool, allow_inf: bool)
     return math.log(v) if v > 0 else -math.inf
 
 
-class SoftConvBase(EquivariantModule, SoftModule):
+class SoftConvBase(SteerableConv, SoftModule):
     """Strict G-steerable convolution on R^d (``_dim`` = 2 or 3) plus a relaxation defined by the subclass.
 
-    The strict part is the one of :class:`escnn.nn.R2Conv` (d = 2) or :class:`escnn.nn.R3Conv` (d = 3) with the
-    same arguments: ``weights`` are the
-    coefficients of the sampled G-steerable basis (``basisexpansion``, private to this layer), ``bias``
-    the coefficients of the trivial output fields. Subclasses implement ``_expand()`` (the filter and
-    bias to convolve with) and may override ``forward``. ``recompute`` is accepted for signature
-    compatibility only (the basis is always private, as with ``recompute=True``); ``maximum_offset`` (2D only) is
-    only passed on by :meth:`to_conv` (escnn's ``R2Conv`` does not use it either).
-
-    The expanded filter is cached in eval mode (:class:`~escnn_soft.nn._filter.FilterCache`, a plain attribute:
-    never in the ``state_dict``, cleared by ``.train()`` and ``.to()``), and rebuilt when a parameter changes
-    (optimiser step, ``load_state_dict``), detected through the parameters' storage pointers and version counters. The cache is
-    bypassed whenever autograd needs the parameters (grad mode on and a parameter requires grad), so
-    eval-mode gradients (e.g. for a Laplace approximation) are always right.
+    The strict part, the evaluation-mode filter cache, ``forward``, ``evaluate_output_shape`` and ``export()`` are
+    :class:`~escnn_soft.nn._strict.SteerableConv`'s (escnn's ``R2Conv`` / ``R3Conv`` arguments, basis and weight
+    layout). Subclasses implement ``_expand()`` (the filter and bias to convolve with) and may override
+    ``forward``; this class adds the relaxed subgroup, the conversion from and to the strict escnn layer
+    (:meth:`from_conv`, :meth:`to_conv`) and the shared parts of ``degree()``.
     """
 
     method: str = ""
-    _dim: int = 2
 
-    def __init__(self, in_type: FieldType, out_type: FieldType, kernel_size: int, padding: int | tuple = 0,
-                 stride: int = 1, dilation: int = 1, padding_mode: str = "zeros", groups: int = 1,
-                 bias: bool = True, sigma: float | list[float] | None = None,
-                 frequencies_cutoff: float | Callable[[float], float] | None = None,
-                 rings: list[float] | None = None, maximum_offset: int | None = None, recompute: bool = False,
-                 basis_filter: Callable[[dict], bool] | None = None, initialize: bool = True,
-                 relaxed_subgroup: Any = None):
-        super().__init__()
-        self._check_types(in_type, out_type)
-        for name, value, low in (("kernel_size", kernel_size, 1), ("stride", stride, 1), ("dilation", dilation, 1),
-                                 ("groups", groups, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
-            raise ValueError(f"padding_mode: {padding_mode!r} is not one of 'zeros', 'reflect', 'replicate', "
-                             "'circular'")
-        d = self._dim
-        pad2 = (padding,) * d if isinstance(padding, int) and not isinstance(padding, bool) else padding
-        if not (isinstance(pad2, tuple) and len(pad2) == d
-                and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pad2)):
-            raise ValueError(f"padding: expected an int >= 0 or a tuple of {d} such ints, got {padding!r}; "
-                             "use e.g. padding=kernel_size // 2")
-        if maximum_offset is not None and d != 2:
-            raise ValueError(f"maximum_offset: {maximum_offset!r} is an R2Conv argument; escnn's R3Conv has none, "
-                             "leave it unset (None)")
-        if groups > 1 and (len(in_type) % groups or len(out_type) % groups):
-            raise ValueError(f"groups: {groups} does not divide the number of fields of in_type ({len(in_type)}) "
-                             f"and out_type ({len(out_type)}); pass a common divisor")
-
-        self.space = in_type.gspace
-        self.in_type = in_type
-        self.out_type = out_type
-        self.kernel_size = kernel_size
-        self.padding = padding
-        self.stride = stride
-        self.dilation = dilation
-        self.padding_mode = padding_mode
-        self.groups = groups
-        self._pad2 = pad2  # the padding per spatial dimension (named for the 2D layers; d entries)
-        self._kernel_shape = (kernel_size,) * d
-        # the escnn R2Conv / R3Conv arguments, for to_conv()
-        self._r2conv_kwargs = {
-            "padding": padding, "stride": stride, "dilation": dilation, "padding_mode": padding_mode,
-            "groups": groups, "bias": bias, "sigma": sigma, "frequencies_cutoff": frequencies_cutoff,
-            "rings": rings, "basis_filter": basis_filter,
-        }
-        if d == 2:
-            self._r2conv_kwargs["maximum_offset"] = maximum_offset
-
-        compute = compute_basis_params_2d if d == 2 else compute_basis_params_3d
-        filt, self._rings, self._sigma, self._maximum_frequency = compute(
-            kernel_size, frequencies_cutoff, rings, sigma, dilation, basis_filter)
-        self._basis_filter = filt
-        self._grid = grid_coords(d, kernel_size, dilation)
-        in_group_type = in_type.index_select(list(range(len(in_type) // groups))) if groups > 1 else in_type
-        self._in_group_type = in_group_type
-        self._basisexpansion = self._private_expansion(self.space, in_group_type, out_type)
-        if self._basisexpansion.dimension() == 0:
-            raise ValueError("in_type/out_type: the G-steerable filter basis between these field types is empty; "
-                             "raise kernel_size or frequencies_cutoff, or change rings/sigma/basis_filter")
-        self.weights = torch.nn.Parameter(torch.zeros(self._basisexpansion.dimension()))
-        if initialize:
-            with torch.no_grad():
-                self.weights.copy_(he_stds(self._basisexpansion) * torch.randn(self.weights.shape))
-        self._init_bias(bias)
-
+    def __init__(self, in_type: FieldType, out_type: FieldType, kernel_size: int, relaxed_subgroup: Any = None,
+                 **r2conv_kwargs: Any):
+        super().__init__(in_type, out_type, kernel_size, **r2conv_kwargs)
         self.relaxed_subgroup, self._subgroup, _ = resolve_subgroup(self.space, relaxed_subgroup)
         self._relaxed_subgroup_given = relaxed_subgroup is not None
 
-        self._filter_cache: FilterCache[tuple[torch.Tensor, torch.Tensor | None]] = FilterCache()
-
     # -- construction helpers ------------------------------------------------------------------------
 
-    @classmethod
-    def _check_types(cls, in_type: Any, out_type: Any) -> None:
-        for name, t in (("in_type", in_type), ("out_type", out_type)):
-            if not isinstance(t, FieldType):
-                raise TypeError(f"{name}: expected an escnn FieldType, got {type(t).__name__}; build one with "
-                                "escnn.nn.FieldType(gspace, representations)")
-        if in_type.gspace != out_type.gspace:
-            raise ValueError(f"out_type: its gspace {out_type.gspace} differs from in_type's gspace "
-                             f"{in_type.gspace}; build both field types on the same gspace object")
-        if cls._dim == 2 and not isinstance(in_type.gspace, GSpace2D):
-            raise ValueError(
-                f"in_type: gspace {in_type.gspace} does not act on the plane; use a planar gspace "
-                "(escnn.gspaces.rot2dOnR2, flipRot2dOnR2, ...), or the 3D layer (R3 in its name) for a 3D gspace")
-        if cls._dim == 3 and not isinstance(in_type.gspace, GSpace3D):
-            raise ValueError(
-                f"in_type: gspace {in_type.gspace} does not act on R^3; use a 3D gspace (escnn.gspaces.rot3dOnR3, "
-                "flipRot3dOnR3, octaOnR3, ...), or the planar layer (R2 in its name) for a 2D gspace")
-
     def _private_expansion(self, gspace: GSpace, in_type: FieldType, out_type: FieldType) -> BlocksBasisExpansion:
-        """A private sampled basis of steerable kernels between ``in_type`` and ``out_type`` on ``gspace``."""
-        def generator(in_repr, out_repr):
-            return gspace.build_kernel_basis(in_repr, out_repr, self._sigma, self._rings,
-                                             maximum_frequency=self._maximum_frequency)
-        return factorize_(private_blocks_expansion(in_type.representations, out_type.representations, generator,
-                                                  self._grid, basis_filter=self._basis_filter))
+        """:meth:`SteerableConv._private_expansion`, with the block-sparse form :func:`expand_blocks` uses."""
+        return factorize_(super()._private_expansion(gspace, in_type, out_type))
 
     def _subgroup_expansion(self) -> BlocksBasisExpansion:
         """The steerable basis of the relaxed subgroup S between the restricted field types."""
@@ -438,33 +336,6 @@ class SoftConvBase(EquivariantModule, SoftModule):
             raise ValueError(f"relaxed_subgroup: the {self._subgroup.name}-steerable basis is empty for these "
                              "field types; raise kernel_size or frequencies_cutoff")
         return expansion
-
-    def _init_bias(self, bias: bool) -> None:
-        """The bias of :class:`escnn.nn.R2Conv`: one coefficient per trivial irrep of the output fields."""
-        columns = []
-        if bias:
-            p = 0
-            for r in self.out_type.representations:
-                pi = 0
-                for irr_id in r.irreps:
-                    irr = self.out_type.fibergroup.irrep(*irr_id)
-                    if irr.is_trivial():
-                        col = torch.zeros(self.out_type.size)
-                        col[p:p + r.size] = torch.tensor(r.change_of_basis[:, pi], dtype=torch.float32)
-                        columns.append(col)
-                    pi += irr.size
-                p += r.size
-        if columns:
-            self.register_buffer("bias_expansion", torch.stack(columns, dim=1))
-            self.bias = torch.nn.Parameter(torch.zeros(len(columns)))
-        else:
-            self.bias_expansion = None
-            self.bias = None
-
-    @property
-    def basisexpansion(self) -> BlocksBasisExpansion:
-        """The layer's private sampled G-steerable basis (as :attr:`escnn.nn.R2Conv.basisexpansion`)."""
-        return self._basisexpansion
 
     @classmethod
     def _strict_class(cls) -> type:
@@ -522,85 +393,9 @@ class SoftConvBase(EquivariantModule, SoftModule):
 
     # -- filters -------------------------------------------------------------------------------------
 
-    def strict_filter(self) -> torch.Tensor:
-        """The G-steerable filter :math:`K_G = \\sum_b w_b B_b` of shape ``(C_out, C_in/groups, k, k[, k])``."""
-        filt = self._basisexpansion(self.weights)
-        return filt.reshape(filt.shape[0], filt.shape[1], *self._kernel_shape)
-
-    def strict_bias(self) -> torch.Tensor | None:
-        """The expanded equivariant bias (``None`` without bias)."""
-        return None if self.bias is None else self.bias_expansion @ self.bias
-
     def stationary_filter(self) -> torch.Tensor:
         """The translation-invariant part of the filter, ``(C_out, C_in/groups, k, k)``."""
         return self._expand()[0]
-
-    def _expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The filter and bias to convolve with."""
-        raise NotImplementedError
-
-    # All parameters are direct attributes of the layer; ``self._parameters`` is read instead of
-    # ``self.parameters()``, whose module traversal hashes escnn's basis modules (about 0.1 ms each).
-
-    def _cached(self, cache: FilterCache, expand: Callable[[], Any], extra: Any = None) -> Any:
-        """``expand()``, served from ``cache`` in evaluation mode while no parameter changed (:class:`FilterCache`)."""
-        return cache.get(self.training, self._parameters.values(), expand, extra)
-
-    def _expanded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``_expand()``, served from the eval-mode cache when allowed."""
-        return self._cached(self._filter_cache, self._expand)
-
-    def _caches(self) -> list[FilterCache]:
-        """Every eval-mode cache of the layer (cleared on entering training mode and on ``.to()``)."""
-        return [self._filter_cache]
-
-    def train(self, mode: bool = True) -> SoftConvBase:
-        """Set the mode; entering training mode drops the eval caches."""
-        if mode:
-            for cache in self._caches():
-                cache.clear()
-        return super().train(mode)
-
-    def _apply(self, fn, recurse=True):
-        # the caches are plain attributes, which .to()/.double()/.cuda() would leave on the old device and dtype (a
-        # stale copy held in memory); the next eval forward rebuilds them
-        for cache in self._caches():
-            cache.clear()
-        return super()._apply(fn, recurse)
-
-    def _conv(self, x: torch.Tensor, filt: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return convolve(x, filt, bias, stride=self.stride, padding=self._pad2, dilation=self.dilation,
-                        groups=self.groups, padding_mode=self.padding_mode)
-
-    def _check_input(self, x: Any) -> None:
-        if not isinstance(x, GeometricTensor):
-            raise TypeError(f"input: expected a GeometricTensor, got {type(x).__name__}; wrap it with "
-                            "layer.in_type(tensor)")
-        if x.type != self.in_type:
-            raise ValueError(f"input: its field type {x.type} differs from the layer's in_type {self.in_type}")
-
-    def forward(self, input: GeometricTensor) -> GeometricTensor:
-        """:math:`y = K \\star x + b` with the filter and bias of ``_expand()``."""
-        self._check_input(input)
-        filt, bias = self._expanded()
-        return GeometricTensor(self._conv(input.tensor, filt, bias), self.out_type)
-
-    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return conv_output_shape(input_shape, self.in_type.size, self.out_type.size, self.kernel_size,
-                                 stride=self.stride, padding=self._pad2, dilation=self.dilation, d=self._dim)
-
-    def _plain_conv(self, filt: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Module:
-        """A plain :class:`torch.nn.Conv2d` / :class:`torch.nn.Conv3d` with this layer's geometry holding ``filt``
-        and ``bias``."""
-        return plain_conv(filt, bias, stride=self.stride, padding=self._pad2, dilation=self.dilation,
-                          groups=self.groups, padding_mode=self.padding_mode)
-
-    def export(self) -> torch.nn.Module:
-        """A plain :class:`torch.nn.Conv2d` (:class:`torch.nn.Conv3d` in 3D) with this layer's current filter and
-        bias."""
-        with torch.no_grad():
-            filt, bias = self._expand()
-        return self._plain_conv(filt, bias)
 
     # -- degree ----------------------------------------------------------------------------------------
 

@@ -36,43 +36,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from escnn.nn import FieldType, GeometricTensor, R2Conv, R3Conv
-from escnn.nn import Linear as EscnnLinear
+from escnn.nn import FieldType, GeometricTensor
 
-from escnn_soft._escnn import (
-    compute_basis_params_2d,
-    compute_basis_params_3d,
-    drop_mode_dependent_buffers_,
-    he_stds,
-    is_empty_basis_error,
-    kernel_basis_generator,
-    private_sampled_basis,
-    privatize_,
-)
+from escnn_soft._escnn import is_empty_basis_error, private_blocks_expansion, private_sampled_basis
 from escnn_soft.likelihood import GroupLikelihood
-from escnn_soft.nn._filter import FilterCache, conv_output_shape, convolve, plain_conv, plain_linear
+from escnn_soft.nn._filter import plain_linear
+from escnn_soft.nn._strict import SteerableConv, StrictSteerable, check_field_types
 from escnn_soft.nn.base import SoftModule, iter_modules
 from escnn_soft.subgroups import default_subgroups
 
 __all__ = ["ProbabilisticLinear", "ProbabilisticR2Conv", "ProbabilisticR3Conv"]
-
-
-def _check_types(in_type: Any, out_type: Any) -> None:
-    for name, t in (("in_type", in_type), ("out_type", out_type)):
-        if not isinstance(t, FieldType):
-            raise TypeError(f"{name}: expected an escnn FieldType, got {type(t).__name__} ({t!r}); "
-                            f"build one with escnn.nn.FieldType(gspace, representations)")
-    if in_type.gspace != out_type.gspace:
-        raise ValueError(f"out_type: its gspace {out_type.gspace} differs from in_type's gspace {in_type.gspace}; "
-                         f"both field types must be built on the same gspace object")
-
-
-def _check_input(input: Any, in_type: FieldType) -> None:
-    if not isinstance(input, GeometricTensor):
-        raise TypeError(f"input: expected a GeometricTensor, got {type(input).__name__}; wrap the tensor with "
-                        f"layer.in_type(tensor)")
-    if input.type != in_type:
-        raise ValueError(f"input: its field type {input.type} differs from the layer's in_type {in_type}")
 
 
 def _check_groups(groups: Any) -> None:
@@ -96,12 +69,6 @@ def _check_geometry(padding: Any, stride: Any, dilation: Any, d: int) -> None:
             isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0 for p in pads):
         raise ValueError(f"padding: expected an int >= 0 or a tuple of {d} such ints, got {padding!r}; "
                          f"use e.g. padding=kernel_size // 2")
-
-
-def _empty_basis(kernel_size: int) -> ValueError:
-    return ValueError(f"in_type/out_type: escnn's steerable basis between these field types is empty for "
-                      f"kernel_size={kernel_size}; raise kernel_size or frequencies_cutoff, or change "
-                      f"rings/sigma/basis_filter")
 
 
 class _Pathway(torch.nn.Module):
@@ -205,22 +172,17 @@ def _fields_by_representation(field_type: FieldType) -> list[tuple[Any, torch.Te
     return [(rep, torch.tensor(idx, dtype=torch.long)) for rep, idx in groups.values()]
 
 
-class _ProbabilisticFilter(SoftModule):
-    """Shared machinery: pathways, the λ-contraction, an eval-mode cache that is never stale."""
+class _ProbabilisticFilter(StrictSteerable, SoftModule):
+    """Shared machinery: the strict part (:class:`~escnn_soft.nn._strict.StrictSteerable`), the likelihood and its
+    pathways, the λ-contraction; the filter cache of the strict part serves :math:`k_\\lambda` in eval mode."""
 
     likelihood: GroupLikelihood
     pathways: torch.nn.ModuleList
 
-    def _init_strict_weights(self, initialize: bool) -> None:
-        """escnn's generalised He initialisation of the strict ``weights`` (the same random draws), without
-        escnn's Python loop over every coefficient (seconds for a 512-channel layer)."""
-        if initialize:
-            with torch.no_grad():
-                self.weights.copy_(he_stds(self.basisexpansion) * torch.randn(self.weights.shape))  # type: ignore
-
-    def _setup(self, in_type: FieldType, out_type: FieldType, likelihood: GroupLikelihood | None, L: int,
-               L_out: int | None, parameterisation: str | None, basis_generator, points: np.ndarray, basis_filter,
+    def _setup(self, in_type: FieldType, likelihood: GroupLikelihood | None, L: int, L_out: int | None,
+               parameterisation: str | None, basis_generator, points: np.ndarray, basis_filter,
                initialize: bool) -> None:
+        """The likelihood (given, or a new one over ``in_type.fibergroup``) and a pathway per non-trivial irrep."""
         group = in_type.fibergroup
         if likelihood is None:
             extra = {} if parameterisation is None else {"parameterisation": parameterisation}
@@ -239,22 +201,15 @@ class _ProbabilisticFilter(SoftModule):
         for irrep in likelihood.out_irreps:
             if irrep.is_trivial():
                 continue
-            pathway = _Pathway(irrep, in_type, out_type, basis_generator, points, basis_filter, initialize)
+            pathway = _Pathway(irrep, in_type, self.out_type, basis_generator, points, basis_filter, initialize)
             if pathway.dimension() > 0:
                 pathways.append(pathway)
         self.pathways = torch.nn.ModuleList(pathways)
-        self._filter_cache: FilterCache[tuple[torch.Tensor, torch.Tensor | None]] = FilterCache()
-        # escnn registers persistent eval-mode buffers (the expanded filter or matrix, and bias) that change with
-        # the mode (and break state_dict round trips between train and eval); this layer caches privately instead.
-        drop_mode_dependent_buffers_(self)  # type: ignore[arg-type]
-
-    def _strict_expansion(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        raise NotImplementedError
 
     def expand_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Filter :math:`k_\\lambda` (strict kernel plus every pathway contracted with
         :math:`\\hat\\Lambda(\\psi)`) and the expanded bias."""
-        filt, bias = self._strict_expansion()
+        filt, bias = self.strict_filter(), self.strict_bias()
         if len(self.pathways) == 0:
             return filt, bias
         coeffs = self.likelihood.fourier_coefficients()
@@ -272,23 +227,13 @@ class _ProbabilisticFilter(SoftModule):
                 return pathway.blocks(self.likelihood.fourier_coefficients()[pathway.irrep_id])
         return None
 
-    def _filter_parameters(self) -> list[torch.Tensor]:
-        """Every parameter the filter depends on (walked without hashing escnn's basis modules)."""
+    def _expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.expand_parameters()
+
+    def _cache_parameters(self) -> list[torch.Tensor]:
+        """Every parameter the filter depends on: the strict part's, the likelihood's and the pathways' (walked
+        without hashing escnn's basis modules)."""
         return [p for m in iter_modules(self) for p in m._parameters.values() if p is not None]
-
-    def _current_filter(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rebuilt in training mode; in eval mode cached and reused while no parameter changed
-        (:class:`~escnn_soft.nn._filter.FilterCache`)."""
-        return self._filter_cache.get(self.training, self._filter_parameters(),  # type: ignore[attr-defined]
-                                      self.expand_parameters)
-
-    def train(self, mode: bool = True):
-        self._filter_cache.clear()
-        return torch.nn.Module.train(self, mode)  # type: ignore[arg-type]
-
-    def _apply(self, fn, recurse=True):
-        self._filter_cache.clear()
-        return super()._apply(fn, recurse)  # type: ignore[misc]
 
     plot_kind = "likelihood"
 
@@ -322,7 +267,7 @@ class _ProbabilisticFilter(SoftModule):
         with torch.no_grad():
             out: dict[str, Any] = {"group": self.likelihood.group.name, "entropy": float(self.likelihood.entropy())}
             full, _ = self.expand_parameters()
-            strict, _ = self._strict_expansion()
+            strict = self.strict_filter()
             norm = full.norm().clamp_min(1e-30)
             out["nonequivariant_fraction"] = float((full - strict).norm() / norm)
             out["subgroups"] = {}
@@ -346,63 +291,34 @@ class _ProbabilisticFilter(SoftModule):
         return f"likelihood={self.likelihood.extra_repr()}, pathways={[p.irrep_id for p in self.pathways]}"
 
 
-class _ProbabilisticConv(_ProbabilisticFilter):
-    """Forward, export and setup shared by the 2D and 3D convolutions."""
+class _ProbabilisticConv(_ProbabilisticFilter, SteerableConv):
+    """The 2D and 3D convolutions: escnn's ``R2Conv`` / ``R3Conv`` arguments, strict basis and weights
+    (:class:`~escnn_soft.nn._strict.SteerableConv`), then the likelihood and its pathways on the same grid, band
+    limit and basis filter."""
 
-    d: int
-
-    def _construct(self, escnn_conv: type, in_type: FieldType, out_type: FieldType, kernel_size: int,
-                   likelihood: GroupLikelihood | None, L: int, L_out: int | None, parameterisation: str | None,
-                   initialize: bool, **conv_kwargs: Any) -> None:
-        """escnn's constructor (strict basis, uninitialised), a private copy of its basis, escnn's He
-        initialisation of the strict weights, then the likelihood and its pathways."""
-        try:
-            escnn_conv.__init__(self, in_type, out_type, kernel_size, initialize=False, **conv_kwargs)
-        except ValueError as err:
-            if not is_empty_basis_error(err):
-                raise
-            raise _empty_basis(kernel_size) from None
-        privatize_(self.basisexpansion)  # type: ignore[attr-defined]
-        self._init_strict_weights(initialize)
-        self._init_conv(in_type, out_type, kernel_size, likelihood, L, L_out, parameterisation, conv_kwargs["dilation"],
-                        conv_kwargs["sigma"], conv_kwargs["frequencies_cutoff"], conv_kwargs["rings"],
-                        conv_kwargs["basis_filter"], initialize)
-
-    def _init_conv(self, in_type, out_type, kernel_size, likelihood, L, L_out, parameterisation, dilation, sigma,
-                   frequencies_cutoff, rings, basis_filter, initialize) -> None:
-        # the strict layer's own band-limit rule: R3Conv's accepts the strings 'default1'...'default3' (R2Conv's raises
-        # on them), and the two agree on everything else
-        rule = compute_basis_params_2d if self.d == 2 else compute_basis_params_3d
-        bf, _, _, _ = rule(kernel_size, frequencies_cutoff, rings, sigma, dilation, basis_filter)
-        self._setup(in_type, out_type, likelihood, L, L_out, parameterisation,
-                    kernel_basis_generator(self),  # type: ignore[arg-type]
-                    self.basisexpansion.points, bf, initialize)  # type: ignore[attr-defined]
-
-    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return conv_output_shape(input_shape, self.in_type.size, self.out_type.size,  # type: ignore[attr-defined]
-                                 self.kernel_size, stride=self.stride, padding=self.padding,  # type: ignore
-                                 dilation=self.dilation, d=self.d)  # type: ignore[attr-defined]
-
-    def forward(self, input: GeometricTensor) -> GeometricTensor:
-        _check_input(input, self.in_type)  # type: ignore[attr-defined]
-        filt, bias = self._current_filter()
-        out = convolve(input.tensor, filt, bias, stride=self.stride, padding=self.padding,  # type: ignore
-                       dilation=self.dilation, padding_mode=self.padding_mode)  # type: ignore[attr-defined]
-        return GeometricTensor(out, self.out_type, coords=None)  # type: ignore[attr-defined]
-
-    def export(self) -> torch.nn.Module:
-        """A plain ``torch.nn.Conv2d``/``Conv3d`` holding the current filter :math:`k_\\lambda`."""
-        with torch.no_grad():
-            filt, bias = self.expand_parameters()
-        return plain_conv(filt, bias, padding=self.padding, stride=self.stride,  # type: ignore[attr-defined]
-                          dilation=self.dilation, padding_mode=self.padding_mode)  # type: ignore[attr-defined]
+    def __init__(self, in_type: FieldType, out_type: FieldType, kernel_size: int, likelihood: GroupLikelihood | None,
+                 L: int, L_out: int | None, parameterisation: str | None, padding: int | tuple, stride: int,
+                 dilation: int, groups: int, initialize: bool, **conv_kwargs: Any):
+        check_field_types(in_type, out_type)
+        _check_kernel_size(kernel_size)
+        _check_groups(groups)
+        _check_geometry(padding, stride, dilation, self._dim)
+        if in_type.gspace.dimensionality != self._dim:
+            other = "ProbabilisticR3Conv for 3D" if self._dim == 2 else "ProbabilisticR2Conv for 2D"
+            raise ValueError(f"in_type: {type(self).__name__} needs a {self._dim}D gspace, got {in_type.gspace}; "
+                             f"use {other} or ProbabilisticLinear for no base space")
+        SteerableConv.__init__(self, in_type, out_type, kernel_size, padding=padding, stride=stride, dilation=dilation,
+                               groups=groups, initialize=initialize, **conv_kwargs)
+        self._setup(in_type, likelihood, L, L_out, parameterisation, self.kernel_basis(self.space), self._grid,
+                    self._basis_filter, initialize)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", " + self._extra()  # type: ignore[misc]
+        return (f"{self.in_type.size}->{self.out_type.size}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, " + self._extra())
 
 
-class ProbabilisticR2Conv(_ProbabilisticConv, R2Conv):
-    """:class:`escnn.nn.R2Conv` whose kernel is the λ-weighted projection :math:`\\Pi_\\lambda(\\hat K)`.
+class ProbabilisticR2Conv(_ProbabilisticConv):
+    """An :class:`escnn.nn.R2Conv` whose kernel is the λ-weighted projection :math:`\\Pi_\\lambda(\\hat K)`.
 
     Args:
         in_type, out_type, kernel_size: as for :class:`escnn.nn.R2Conv`.
@@ -416,78 +332,63 @@ class ProbabilisticR2Conv(_ProbabilisticConv, R2Conv):
             (``groups`` must be 1).
 
     At initialisation (uniform λ) the layer equals an R2Conv with the same ``weights``. ``weights``
-    and ``bias`` are escnn's (the strict pathway); ``pathways[k].weights`` hold the kernels coupled to
-    the non-trivial irreps of λ.
+    and ``bias`` are escnn's (the strict pathway: same names, basis order and initialisation, so they and the
+    strict entries of a state dict copy across); ``pathways[k].weights`` hold the kernels coupled to the
+    non-trivial irreps of λ. The layer is an :class:`escnn.nn.EquivariantModule` (GeometricTensor in and out,
+    ``in_type``/``out_type``, ``evaluate_output_shape``, ``export()``), not a subclass of ``R2Conv``.
     """
+
+    _dim = 2
 
     def __init__(self, in_type: FieldType, out_type: FieldType, kernel_size: int,
                  likelihood: GroupLikelihood | None = None, L: int = 2, L_out: int | None = None,
                  padding: int = 0, stride: int = 1, dilation: int = 1, padding_mode: str = "zeros",
                  groups: int = 1, bias: bool = True, sigma=None, frequencies_cutoff=None, rings=None,
                  maximum_offset=None, basis_filter=None, initialize: bool = True, parameterisation: str | None = None):
-        _check_types(in_type, out_type)
-        _check_kernel_size(kernel_size)
-        _check_groups(groups)
-        _check_geometry(padding, stride, dilation, 2)
-        if in_type.gspace.dimensionality != 2:
-            raise ValueError(f"in_type: ProbabilisticR2Conv needs a 2D gspace, got {in_type.gspace}; "
-                             f"use ProbabilisticR3Conv for 3D or ProbabilisticLinear for no base space")
-        self._construct(R2Conv, in_type, out_type, kernel_size, likelihood, L, L_out, parameterisation, initialize,
-                        padding=padding, stride=stride, dilation=dilation, padding_mode=padding_mode, groups=groups,
-                        bias=bias, sigma=sigma, frequencies_cutoff=frequencies_cutoff, rings=rings,
-                        maximum_offset=maximum_offset, basis_filter=basis_filter)
-
-    def _strict_expansion(self):
-        return R2Conv.expand_parameters(self)
+        super().__init__(in_type, out_type, kernel_size, likelihood, L, L_out, parameterisation, padding, stride,
+                         dilation, groups, initialize, padding_mode=padding_mode, bias=bias, sigma=sigma,
+                         frequencies_cutoff=frequencies_cutoff, rings=rings, maximum_offset=maximum_offset,
+                         basis_filter=basis_filter)
 
 
-class ProbabilisticR3Conv(_ProbabilisticConv, R3Conv):
-    """:class:`escnn.nn.R3Conv` whose kernel is the λ-weighted projection (see :class:`ProbabilisticR2Conv`)."""
+class ProbabilisticR3Conv(_ProbabilisticConv):
+    """An :class:`escnn.nn.R3Conv` whose kernel is the λ-weighted projection (see :class:`ProbabilisticR2Conv`)."""
+
+    _dim = 3
 
     def __init__(self, in_type: FieldType, out_type: FieldType, kernel_size: int,
                  likelihood: GroupLikelihood | None = None, L: int = 2, L_out: int | None = None,
                  padding: int = 0, stride: int = 1, dilation: int = 1, padding_mode: str = "zeros",
                  groups: int = 1, bias: bool = True, sigma=None, frequencies_cutoff=None, rings=None,
                  basis_filter=None, initialize: bool = True, parameterisation: str | None = None):
-        _check_types(in_type, out_type)
-        _check_kernel_size(kernel_size)
-        _check_groups(groups)
-        _check_geometry(padding, stride, dilation, 3)
-        if in_type.gspace.dimensionality != 3:
-            raise ValueError(f"in_type: ProbabilisticR3Conv needs a 3D gspace, got {in_type.gspace}; "
-                             f"use ProbabilisticR2Conv for 2D")
-        self._construct(R3Conv, in_type, out_type, kernel_size, likelihood, L, L_out, parameterisation, initialize,
-                        padding=padding, stride=stride, dilation=dilation, padding_mode=padding_mode, groups=groups,
-                        bias=bias, sigma=sigma, frequencies_cutoff=frequencies_cutoff, rings=rings,
-                        basis_filter=basis_filter)
-
-    def _strict_expansion(self):
-        return R3Conv.expand_parameters(self)
+        super().__init__(in_type, out_type, kernel_size, likelihood, L, L_out, parameterisation, padding, stride,
+                         dilation, groups, initialize, padding_mode=padding_mode, bias=bias, sigma=sigma,
+                         frequencies_cutoff=frequencies_cutoff, rings=rings, basis_filter=basis_filter)
 
 
-class ProbabilisticLinear(_ProbabilisticFilter, EscnnLinear):
-    """:class:`escnn.nn.Linear` (fields with no base space) with a λ-weighted equivariance constraint
-    (arguments as :class:`ProbabilisticR2Conv`, without the kernel's)."""
+class ProbabilisticLinear(_ProbabilisticFilter):
+    """An :class:`escnn.nn.Linear` (fields with no base space) with a λ-weighted equivariance constraint
+    (arguments as :class:`ProbabilisticR2Conv`, without the kernel's); ``weights`` and ``bias`` are escnn
+    ``Linear``'s. An :class:`escnn.nn.EquivariantModule`, not a subclass of ``Linear``."""
 
     def __init__(self, in_type: FieldType, out_type: FieldType, likelihood: GroupLikelihood | None = None,
                  L: int = 2, L_out: int | None = None, bias: bool = True, initialize: bool = True,
                  parameterisation: str | None = None):
-        _check_types(in_type, out_type)
+        super().__init__()
+        check_field_types(in_type, out_type)
         if in_type.gspace.dimensionality != 0:
             raise ValueError(f"in_type: ProbabilisticLinear needs field types on a no_base_space gspace "
                              f"(escnn.gspaces.no_base_space(group)), got {in_type.gspace}")
-        EscnnLinear.__init__(self, in_type, out_type, bias=bias, initialize=False)
-        if self.basisexpansion.dimension() == 0:  # escnn would fail in its first forward (IndexError)
+        points = np.zeros((1, 1))
+        expansion = private_blocks_expansion(in_type.representations, out_type.representations,
+                                             in_type.gspace.build_fiber_intertwiner_basis, points)
+        if expansion.dimension() == 0:
             raise ValueError(f"in_type/out_type: escnn's equivariant basis between these field types is empty "
                              f"(no {in_type.fibergroup.name}-equivariant map from {in_type} to {out_type}); "
                              f"add output fields that share an irrep with the input fields")
-        privatize_(self.basisexpansion)
-        self._init_strict_weights(initialize)
-        self._setup(in_type, out_type, likelihood, L, L_out, parameterisation, self.space.build_fiber_intertwiner_basis,
-                    np.zeros((1, 1)), None, initialize)
-
-    def _strict_expansion(self):
-        return EscnnLinear.expand_parameters(self)
+        self._init_strict(in_type, out_type, expansion, bias, initialize, (out_type.size, in_type.size))
+        self._setup(in_type, likelihood, L, L_out, parameterisation, in_type.gspace.build_fiber_intertwiner_basis,
+                    points, None, initialize)
 
     def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) != 2 or input_shape[1] != self.in_type.size:
@@ -495,8 +396,8 @@ class ProbabilisticLinear(_ProbabilisticFilter, EscnnLinear):
         return (input_shape[0], self.out_type.size)
 
     def forward(self, input: GeometricTensor) -> GeometricTensor:
-        _check_input(input, self.in_type)
-        matrix, bias = self._current_filter()
+        self._check_input(input)
+        matrix, bias = self._expanded()
         return GeometricTensor(F.linear(input.tensor, matrix, bias), self.out_type, input.coords)
 
     def export(self) -> torch.nn.Linear:
@@ -506,4 +407,4 @@ class ProbabilisticLinear(_ProbabilisticFilter, EscnnLinear):
         return plain_linear(matrix, bias)
 
     def extra_repr(self) -> str:
-        return self._extra()
+        return f"{self.in_type.size}->{self.out_type.size}, " + self._extra()
