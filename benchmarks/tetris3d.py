@@ -10,10 +10,15 @@ network (the same weights shape, zero relaxation / uniform λ) and may learn to 
 * ``relaxed`` — every R3Conv a :class:`~escnn_soft.nn.RelaxedR3Conv` relaxed over SO(3)
   (``relaxed_subgroup='so3'``: the relaxation may break reflections, never rotations).
 
-Network: three steerable conv blocks (kernels 5, 3, 3; ``--act gated``: gated non-linearity on scalar and
-vector fields, ``(0,0)`` and ``(1,1)`` for O(3), ``0`` and ``1`` for SO(3); ``--act fourier``: ``FourierELU`` on
-band-limited regular fields, irreps up to frequency 1, pseudo-irreps included for O(3)), a 1x1 conv to
-invariant scalar fields, global average pooling, a linear classifier. Training: Adam, cross-entropy + ``es.regularization_loss``.
+Network: three steerable conv blocks (kernels 5, 3, 3) with batch norm and a non-linearity, a 1x1 conv to
+invariant scalar fields, global average pooling, a linear classifier. ``--act tensor`` (default): fields of one
+scalar and two vectors (``(0,0)⊕(1,1)⊕(1,1)`` for O(3), ``0⊕1⊕1`` for SO(3)) and escnn's ``TensorProductModule``;
+the product of a field's two vectors holds their cross product, a vector for SO(3) but a pseudo-vector for O(3)
+(which the O(3) output type drops), so only the SO(3) network can build the pseudo-scalars that tell a piece from
+its mirror image. ``--act gated``: gated non-linearity on scalar and vector fields; ``--act fourier``:
+``FourierELU`` on band-limited regular fields (irreps up to frequency 1, pseudo-irreps included for O(3)); neither
+has a product of two vectors, and no network separates the chiral pair with them at this scale. Training: Adam,
+cross-entropy + ``es.regularization_loss``.
 
 Reported per run: test accuracy, accuracy on the chiral pair, and per layer the kept subgroup read from
 ``degree()`` — the largest of O(3) ⊃ SO(3) ⊃ full octahedral ⊃ octahedral whose measure passes: a relaxed
@@ -34,6 +39,7 @@ import time
 import torch
 from escnn import gspaces
 from escnn import nn as enn
+from escnn.group import directsum
 
 import escnn_soft as es
 from escnn_soft.data import Tetris3D
@@ -44,16 +50,25 @@ O3_ORDER = ("O3", "SO3", "full_octahedral", "octahedral")
 
 
 class TetrisNet(torch.nn.Module):
-    """Three gated steerable conv blocks, a 1x1 conv to scalars, global average pooling, a linear head."""
+    """Three steerable conv blocks (tensor-product, gated or Fourier non-linearity), a 1x1 conv to scalars, global
+    average pooling, a linear head."""
 
     def __init__(self, group: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int = 16, n_classes: int = 8,
-                 act: str = "gated"):
+                 act: str = "tensor"):
         super().__init__()
         gs = gspaces.flipRot3dOnR3(maximum_frequency=2) if group == "O3" else gspaces.rot3dOnR3(maximum_frequency=2)
         scalar = gs.trivial_repr
         t = enn.FieldType(gs, [scalar])
         blocks = []
-        if act == "fourier":   # n_scalars band-limited regular fields (irreps up to frequency 1), ELU on a grid
+        if act == "tensor":    # n_scalars fields of one scalar and two vectors each, a learned quadratic non-linearity
+            vector = gs.irrep(1, 1) if group == "O3" else gs.irrep(1)
+            rho = directsum([scalar, vector, vector], name="scalar_2vectors")
+            feat = enn.FieldType(gs, [rho] * n_scalars)
+            for k in (5, 3, 3):
+                blocks += [enn.R3Conv(t, feat, k, padding=k // 2), enn.IIDBatchNorm3d(feat),
+                           enn.TensorProductModule(feat, feat)]
+                t = feat
+        elif act == "fourier":   # n_scalars band-limited regular fields (irreps up to frequency 1), ELU on a grid
             nonlin = enn.FourierELU(gs, n_scalars, irreps=gs.fibergroup.bl_irreps(1), type="thomson_cube", N=2)
             feat = nonlin.in_type
             for k in (5, 3, 3):
@@ -79,7 +94,7 @@ class TetrisNet(torch.nn.Module):
         return self.head(y.mean(dim=(2, 3, 4)))
 
 
-def build(method: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int = 16, act: str = "gated"
+def build(method: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int = 16, act: str = "tensor"
           ) -> torch.nn.Module:
     kw = {"n_scalars": n_scalars, "n_vectors": n_vectors, "n_invariant": n_invariant, "act": act}
     if method == "strict-SO3":
@@ -135,7 +150,7 @@ def plot_likelihoods(model: torch.nn.Module, prefix: str) -> list[str]:
 
 def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, lr: float, tol: float,
         threshold: float = 0.99, plot_dir: str | None = None, size: int = 11, scale: float = 2.0,
-        width: tuple[int, int, int] = (4, 4, 16), act: str = "gated") -> dict:
+        width: tuple[int, int, int] = (4, 4, 16), act: str = "tensor") -> dict:
     torch.manual_seed(seed)
     train = Tetris3D("train", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
     test = Tetris3D("test", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
@@ -189,8 +204,10 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=2.0, help="cube side in voxels")
     parser.add_argument("--width", type=int, nargs=3, default=[4, 4, 16], metavar=("SCALARS", "VECTORS", "INVARIANT"),
                         help="fields per block and invariant fields (fourier: SCALARS regular fields, VECTORS unused)")
-    parser.add_argument("--act", default="gated", choices=["gated", "fourier"],
-                        help="gated: gated scalar + vector fields; fourier: FourierELU on band-limited regular fields")
+    parser.add_argument("--act", default="tensor", choices=["gated", "fourier", "tensor"],
+                        help="tensor (default): fields of a scalar and two vectors, escnn's TensorProductModule "
+                             "(quadratic); gated: gated scalar + vector fields; fourier: FourierELU on band-limited "
+                             "regular fields")
     args = parser.parse_args()
     rows = []
     for rotations in args.rotations:
