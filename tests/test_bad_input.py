@@ -231,6 +231,8 @@ CASES = [
     pytest.param(lambda: es.regularization_loss([mlp()]), T, "model", "list", id="regularization_loss-model-list"),
     pytest.param(lambda: es.regularization_loss(mlp(), kl_weight=-3), V, "kl_weight", "-3",
                  id="regularization_loss-kl_weight-negative"),
+    pytest.param(lambda: es.regularization_loss(mlp(), kl_reduction="max"), V, "kl_reduction", "'max'",
+                 id="regularization_loss-kl_reduction-unknown"),
     pytest.param(lambda: es.regularization_loss(mlp(), align_weight="5"), V, "align_weight", "'5'",
                  id="regularization_loss-align_weight-string"),
     pytest.param(lambda: es.soften(mlp(), method="magic"), V, "method", "'magic'", id="soften-method-unknown"),
