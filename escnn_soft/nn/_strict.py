@@ -172,10 +172,10 @@ class SteerableConv(StrictSteerable):
                  basis_filter: Callable[[dict], bool] | None = None, initialize: bool = True):
         super().__init__()
         self._check_types(in_type, out_type)
-        for name, value, low in (("kernel_size", kernel_size, 1), ("stride", stride, 1), ("dilation", dilation, 1),
-                                 ("groups", groups, 1)):
+        for name, value, low, example in (("kernel_size", kernel_size, 1, 3), ("stride", stride, 1, 1),
+                                          ("dilation", dilation, 1, 1), ("groups", groups, 1, 1)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+                raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}; use e.g. {name}={example}")
         if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
             raise ValueError(f"padding_mode: {padding_mode!r} is not one of 'zeros', 'reflect', 'replicate', "
                              "'circular'")
@@ -228,7 +228,7 @@ class SteerableConv(StrictSteerable):
     @classmethod
     def _check_types(cls, in_type: Any, out_type: Any) -> None:
         check_field_types(in_type, out_type)
-        name = type(cls).__name__ if not isinstance(cls, type) else cls.__name__
+        name = cls.__name__
         if cls._dim == 2 and not isinstance(in_type.gspace, GSpace2D):
             raise ValueError(
                 f"in_type: {name} needs a planar gspace (escnn.gspaces.rot2dOnR2, flipRot2dOnR2, ...), got "

@@ -60,17 +60,6 @@ def _check_kernel_size(kernel_size: Any) -> None:
         raise ValueError(f"kernel_size={kernel_size} is invalid: use a positive int (e.g. 3, 5 or 7)")
 
 
-def _check_geometry(padding: Any, stride: Any, dilation: Any, d: int) -> None:
-    for name, value in (("stride", stride), ("dilation", dilation)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {value!r}; use e.g. {name}=1")
-    pads = padding if isinstance(padding, tuple) else (padding,)
-    if (isinstance(padding, tuple) and len(padding) != d) or any(
-            isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0 for p in pads):
-        raise ValueError(f"padding: expected an int >= 0 or a tuple of {d} such ints, got {padding!r}; "
-                         f"use e.g. padding=kernel_size // 2")
-
-
 class _Pathway(torch.nn.Module):
     """The kernels :math:`K^\\psi_j` of one non-trivial irrep ψ, contracted with :math:`\\hat\\Lambda(\\psi)`.
 
@@ -302,7 +291,6 @@ class _ProbabilisticConv(_ProbabilisticFilter, SteerableConv):
         check_field_types(in_type, out_type)
         _check_kernel_size(kernel_size)
         _check_groups(groups)
-        _check_geometry(padding, stride, dilation, self._dim)
         if in_type.gspace.dimensionality != self._dim:
             other = "ProbabilisticR3Conv for 3D" if self._dim == 2 else "ProbabilisticR2Conv for 2D"
             raise ValueError(f"in_type: {type(self).__name__} needs a {self._dim}D gspace, got {in_type.gspace}; "
