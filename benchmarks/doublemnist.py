@@ -79,6 +79,8 @@ def _run(method: str, symmetry: str, seed: int, cfg: argparse.Namespace, folder:
     cmd += (["--width", str(cfg.width)] if cfg.arch == "default" else ["--width-multiplier", str(cfg.width_multiplier)])
     if method == "probabilistic":
         cmd += ["--parameterisation", getattr(cfg, "parameterisation", "softmax")]
+    if method == "relaxed":
+        cmd += ["--bank-fraction", str(getattr(cfg, "bank_fraction", 1.0))]
     if (folder / f"{method}.pt").is_file():
         cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TQDM_DISABLE": "1"}
@@ -217,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                    "default: from --scale")
     p.add_argument("--parameterisation", default="softmax", choices=("softmax", "square"),
                    help="likelihoods of the probabilistic runs (escnn-soft train --parameterisation)")
+    p.add_argument("--bank-fraction", type=float, default=1.0,
+                   help="relaxed runs: share of the output fields the modulated filters reach (escnn-soft train "
+                        "--bank-fraction)")
     p.add_argument("--threads", type=int, default=1, help="threads per run")
     p.add_argument("--nproc-per-node", type=int, default=1,
                    help="processes per run under torchrun (DDP; --batch-size is the global batch), e.g. one per GPU")

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     _option(t, "L", "band limit of the likelihoods (probabilistic)", type=int)
     _option(t, "parameterisation", "likelihood parameterisation (probabilistic): softmax on a grid (the paper's) "
             "or λ = f²/∫f², a density at every group element", choices=PARAMETERISATIONS)
+    _option(t, "bank_fraction", "share of each layer's output fields the position-modulated filters reach "
+            "(relaxed; 1: every field, the paper's layer; 0.25: training step <= 1.5x strict)", type=float)
     _option(t, "batch_size", "global batch (divided among torchrun's processes)", type=int)
     _option(t, "lr", "Adam learning rate, cosine schedule", type=float)
     _option(t, "seed", "seed of the data, the initialisation and the batches", type=int)

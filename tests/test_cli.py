@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 
+import escnn_soft as es
 from escnn_soft.cli import load_checkpoint, main, save_checkpoint
 from escnn_soft.models import build_model
 
@@ -125,6 +126,18 @@ def test_square_parameterisation_is_recorded_and_rebuilt_from_the_checkpoint(tmp
     assert recorded["epochs"] == [0, 1]
     initial = [row[0] for layer in recorded["layers"].values() for row in layer["density"].values()]
     assert all(abs(v - 1.0) < 1e-6 for values in initial for v in values)  # uniform λ before training
+
+
+def test_bank_fraction_is_recorded_and_rebuilt_from_the_checkpoint(tmp_path):
+    assert main(["train", "--method", "relaxed", "--compare", "", "--n-images", "100", "--epochs", "1", "--width", "2",
+                 "--group", "C4", "--out", str(tmp_path), "--report-images", "0", "--bank-fraction", "0.5"]) == 0
+    model, meta, _ = load_checkpoint(tmp_path / "relaxed.pt")
+    assert meta["bank_fraction"] == 0.5
+    layers = [m for m in model.modules() if isinstance(m, es.nn.RelaxedR2Conv)]
+    assert {m.bank_fraction for m in layers} == {0.5}
+    assert any(m.bank_weights is not None for m in layers)  # width 2: some layers modulate half their fields
+    with pytest.raises(SystemExit, match="--bank-fraction 1.5: must lie in"):
+        main(["train", "--method", "relaxed", "--bank-fraction", "1.5"])
 
 
 def test_thesis_network_is_trained_recorded_and_rebuilt_from_the_checkpoint(tmp_path):

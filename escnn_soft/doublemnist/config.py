@@ -63,6 +63,7 @@ class RunConfig:
     readout: str | None = None
     L: int = 2
     parameterisation: str = "softmax"
+    bank_fraction: float = 1.0
     batch_size: int = 32
     lr: float = 5e-3
     seed: int = 0
@@ -93,6 +94,8 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{flag(name)} {value!r}: must be an int >= {low}")
+        if not 0 < self.bank_fraction <= 1:
+            raise ConfigError(f"{flag('bank_fraction')} {self.bank_fraction!r}: must lie in (0, 1] (e.g. 0.25)")
         if not self.lr > 0:
             raise ConfigError(f"{flag('lr')} {self.lr!r}: must be > 0 (e.g. 5e-3)")
         if not 0 < self.harden_threshold <= 1:
@@ -121,7 +124,7 @@ class RunConfig:
         """What rebuilds ``method``'s network and the data of this run (checkpoint metadata, compared on
         ``--resume``): the architecture's own size options only."""
         return {"method": method, "group": self.group, "arch": self.arch, **self.network_size(), "L": self.L,
-                "parameterisation": self.parameterisation, "symmetry": self.symmetry, "n_images": self.n_images,
+                "parameterisation": self.parameterisation, "bank_fraction": self.bank_fraction, "symmetry": self.symmetry, "n_images": self.n_images,
                 "redraw": self.redraw is not False, "seed": self.seed, "version": __version__}
 
     @classmethod

@@ -8,6 +8,7 @@ lengthscale. See :class:`RelaxedR2Conv`.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 import torch
@@ -26,8 +27,23 @@ from escnn_soft.nn._relaxation import (
 )
 from escnn_soft.subgroups import subgroup_matrices
 
-__all__ = ["RelaxedConv2dExport", "RelaxedConvExport", "RelaxedR2Conv", "RelaxedR3Conv", "position_features",
-           "position_features_nd"]
+__all__ = ["RelaxedConv2dExport", "RelaxedConvExport", "RelaxedR2Conv", "RelaxedR3Conv", "bank_fields",
+           "position_features", "position_features_nd"]
+
+
+def bank_fields(out_type: FieldType, fraction: float) -> list[int]:
+    """The output fields the position-modulated banks reach at ``fraction``: of every representation in
+    ``out_type``, the first :math:`\\lceil \\rho\\, n \\rceil` of its :math:`n` fields (so every field type keeps at
+    least one modulated field, and ``fraction=1`` selects them all)."""
+    counts = Counter(r.name for r in out_type.representations)
+    quota = {name: math.ceil(fraction * n - 1e-9) for name, n in counts.items()}
+    taken: Counter = Counter()
+    fields = []
+    for i, r in enumerate(out_type.representations):
+        if taken[r.name] < quota[r.name]:
+            taken[r.name] += 1
+            fields.append(i)
+    return fields
 
 
 def position_features(height: int, width: int, frequencies: torch.Tensor, phases: torch.Tensor,
@@ -99,14 +115,48 @@ class _BankCombine(torch.autograd.Function):
         return grad_y, grad_g
 
 
-def _combine(y: torch.Tensor, gains: torch.Tensor, banks: int, groups: int, bias: torch.Tensor | None
-             ) -> torch.Tensor:
+class _PartialBankCombine(torch.autograd.Function):
+    """:math:`y_0 + \\sum_l g_l\\, y_l` when the banks :math:`l \\ge 1` reach only the output channels ``channels``:
+    ``y`` ``(B, C + L C_b, P)`` holds :math:`y_0` (``C`` channels) then the :math:`L` banks (``C_b`` channels each),
+    ``gains`` ``(L, P)``; the banks are added into ``channels``. One write of the stacked gradient, as
+    :class:`_BankCombine`, and differentiable again."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, gains: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(y, gains, channels)
+        n_banks, c_bank = gains.shape[0], channels.shape[0]
+        c_out = y.shape[1] - n_banks * c_bank
+        extra = y[:, c_out:c_out + c_bank] * gains[0]
+        for l in range(1, n_banks):
+            extra = torch.addcmul(extra, y[:, c_out + l * c_bank:c_out + (l + 1) * c_bank], gains[l])
+        return y[:, :c_out].index_add(1, channels, extra)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+        y, gains, channels = ctx.saved_tensors
+        n_banks, c_bank = gains.shape[0], channels.shape[0]
+        c_out = grad.shape[1]
+        reached = grad.index_select(1, channels)
+        grad_y = torch.cat([grad, *(reached * gains[l] for l in range(n_banks))], dim=1)
+        grad_g = None
+        if ctx.needs_input_grad[1]:
+            grad_g = torch.stack([(reached * y[:, c_out + l * c_bank:c_out + (l + 1) * c_bank]).sum((0, 1))
+                                  for l in range(n_banks)])
+        return grad_y, grad_g, None
+
+
+def _combine(y: torch.Tensor, gains: torch.Tensor, banks: int, groups: int, bias: torch.Tensor | None,
+             channels: torch.Tensor | None = None) -> torch.Tensor:
     """:math:`y_0 + \\sum_l g_l(u)\\, y_l (+ b)` for the bank outputs ``y`` (``(B, C, *spatial)``), whose channels
-    are ordered (conv group, bank, output channel of the group)."""
+    are ordered (conv group, bank, output channel of the group); with ``channels``, the banks :math:`l \\ge 1`
+    reach only those output channels (one conv group)."""
     b, c = y.shape[:2]
     spatial = y.shape[2:]
-    y = y.reshape(b, groups, banks + 1, c // (groups * (banks + 1)), -1)
-    out = _BankCombine.apply(y, gains.reshape(banks, -1)).reshape(b, -1, *spatial)
+    if channels is None:
+        y = y.reshape(b, groups, banks + 1, c // (groups * (banks + 1)), -1)
+        out = _BankCombine.apply(y, gains.reshape(banks, -1)).reshape(b, -1, *spatial)
+    else:
+        out = _PartialBankCombine.apply(y.reshape(b, c, -1), gains.reshape(banks, -1), channels).reshape(b, -1, *spatial)
     if bias is not None:
         out = out + bias.reshape(1, -1, *(1,) * len(spatial))
     return out
@@ -156,7 +206,12 @@ class _RelaxedConv(SoftConvBase):
         lengthscale: :math:`\\ell > 0` in units of the half-width of the output grid;
             ``float('inf')`` fixes the layer to be stationary.
         num_banks: :math:`L \\ge 0`, the number of position-modulated filters (each costs one more
-            convolution of the layer's size).
+            convolution of the layer's size, times ``bank_fraction``).
+        bank_fraction: :math:`\\rho \\in (0, 1]`, the share of the output fields the modulated filters
+            :math:`R_1, \\dots, R_L` reach (:func:`bank_fields`: the first :math:`\\lceil \\rho n\\rceil` fields of
+            each field type); the other fields have :math:`g_l R_l = 0`, and :math:`R_0` reaches every field. The
+            modulated convolution costs :math:`\\rho` of the strict one; ``1`` (default) is the layer above.
+            :math:`R_l` stay S-steerable between the restricted types, so every guarantee above holds.
         num_features: :math:`M \\ge 1` random Fourier features.
         penalty_weight: :math:`\\lambda \\ge 0`.
         learn_hyperparameters: train :math:`\\log a` and :math:`\\log\\ell` (default); an amplitude of 0
@@ -175,7 +230,8 @@ class _RelaxedConv(SoftConvBase):
 
     def __init__(self, in_type: FieldType, out_type: FieldType, kernel_size: int, relaxed_subgroup: Any = None,
                  amplitude: float = 1.0, lengthscale: float = 1.0, num_banks: int = 1, num_features: int = 16,
-                 penalty_weight: float = 1e-3, learn_hyperparameters: bool = True, **r2conv_kwargs: Any):
+                 penalty_weight: float = 1e-3, learn_hyperparameters: bool = True, bank_fraction: float = 1.0,
+                 **r2conv_kwargs: Any):
         log_a = _positive_log(amplitude, "amplitude", allow_zero=True, allow_inf=False)
         log_l = _positive_log(lengthscale, "lengthscale", allow_zero=False, allow_inf=True)
         for name, value, low in (("num_banks", num_banks, 0), ("num_features", num_features, 1)):
@@ -184,11 +240,31 @@ class _RelaxedConv(SoftConvBase):
         if isinstance(penalty_weight, bool) or not isinstance(penalty_weight, (int, float)) or \
                 not penalty_weight >= 0:
             raise ValueError(f"penalty_weight: {penalty_weight!r} is not allowed; pass a number >= 0")
+        if isinstance(bank_fraction, bool) or not isinstance(bank_fraction, (int, float)) or \
+                not 0 < bank_fraction <= 1:
+            raise ValueError(f"bank_fraction: {bank_fraction!r} is not allowed; pass a number in (0, 1] (1: the "
+                             "modulated filters reach every output field)")
         super().__init__(in_type, out_type, kernel_size, relaxed_subgroup=relaxed_subgroup, **r2conv_kwargs)
         self.num_banks = num_banks
+        self.bank_fraction = float(bank_fraction)
         self.penalty_weight = float(penalty_weight)
         self._relaxation_expansion = self._subgroup_expansion()
-        self.relaxed_weights = torch.nn.Parameter(torch.zeros(num_banks + 1, self._relaxation_expansion.dimension()))
+        fields = bank_fields(out_type, bank_fraction)
+        partial = num_banks > 0 and len(fields) < len(out_type)
+        if partial and self.groups > 1:
+            raise ValueError(f"bank_fraction: {bank_fraction!r} needs groups=1 (got groups={self.groups}); pass "
+                             "bank_fraction=1 for a grouped convolution")
+        # R_0 [, R_1 .. R_L when they reach every field]; else R_1 .. R_L in bank_weights, between fewer fields
+        self._bank_expansion = self._subgroup_expansion(out_type.index_select(fields)) if partial else None
+        self.relaxed_weights = torch.nn.Parameter(torch.zeros(1 if partial else num_banks + 1,
+                                                              self._relaxation_expansion.dimension()))
+        if partial:
+            self.bank_weights = torch.nn.Parameter(torch.zeros(num_banks, self._bank_expansion.dimension()))
+            channels = [c for f in fields for c in range(out_type.fields_start[f], out_type.fields_end[f])]
+            self.register_buffer("bank_channels", torch.tensor(channels, dtype=torch.long), persistent=False)
+        else:
+            self.register_parameter("bank_weights", None)
+            self.register_buffer("bank_channels", None, persistent=False)
         self.bank_coefficients = torch.nn.Parameter(torch.randn(num_banks, num_features))
         self.log_amplitude = torch.nn.Parameter(torch.tensor(log_a),
                                                 requires_grad=learn_hyperparameters and math.isfinite(log_a))
@@ -217,22 +293,48 @@ class _RelaxedConv(SoftConvBase):
         return {"amplitude": self.amplitude(), "lengthscale": self.lengthscale()}
 
     def relaxation_filters(self) -> torch.Tensor:
-        """:math:`R_0, \\dots, R_L`, shape ``(L+1, C_out, C_in/groups, k, k)``."""
-        return self._relaxation_filters(self.relaxed_weights)
+        """:math:`R_0, \\dots, R_L`, shape ``(L+1, C_out, C_in/groups, k, k)`` (zero on the output channels the
+        modulated filters do not reach, see ``bank_fraction``)."""
+        r0, banks = self._relaxations()
+        return torch.cat([r0[None], self._embed(banks)], dim=0)
 
-    def _relaxation_filters(self, coefficients: torch.Tensor) -> torch.Tensor:
-        filt = expand_blocks(self._relaxation_expansion, coefficients)
+    def _expanded_relaxation(self, expansion: Any, coefficients: torch.Tensor) -> torch.Tensor:
+        filt = expand_blocks(expansion, coefficients)
         return filt.reshape(*filt.shape[:3], *self._kernel_shape)
+
+    def _relaxations(self, stationary_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:math:`R_0` ``(C_out, ...)`` and :math:`R_1, \\dots, R_L` on the output channels they reach
+        (``(L, C_bank, ...)``; ``None`` with ``stationary_only``)."""
+        if self._bank_expansion is None:
+            relax = self._expanded_relaxation(self._relaxation_expansion,
+                                              self.relaxed_weights[:1] if stationary_only else self.relaxed_weights)
+            return relax[0], None if stationary_only else relax[1:]
+        r0 = self._expanded_relaxation(self._relaxation_expansion, self.relaxed_weights)[0]
+        return r0, None if stationary_only else self._expanded_relaxation(self._bank_expansion, self.bank_weights)
+
+    def _embed(self, banks: torch.Tensor) -> torch.Tensor:
+        """Bank filters on the channels they reach, placed into ``C_out`` output channels (zero elsewhere)."""
+        if self.bank_channels is None:
+            return banks
+        full = banks.new_zeros(banks.shape[0], self.out_type.size, *banks.shape[2:])
+        return full.index_copy(1, self.bank_channels, banks)
 
     def _bank_filters(self, stationary_only: bool = False) -> torch.Tensor:
         """:math:`[K_G + aR_0, aR_1, \\dots, aR_L]` (only the first with ``stationary_only``), shape
         ``(L+1, C_out, C_in/groups, k, k)``."""
         a = self.amplitude()
-        relax = self._relaxation_filters(self.relaxed_weights[:1] if stationary_only else self.relaxed_weights)
-        return torch.cat([(self.strict_filter() + a * relax[0])[None], a * relax[1:]], dim=0)
+        r0, banks = self._relaxations(stationary_only)
+        k0 = (self.strict_filter() + a * r0)[None]
+        return k0 if banks is None else torch.cat([k0, a * self._embed(banks)], dim=0)
 
     def _expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The bank filters stacked along the output channels, ordered (conv group, bank, channel)."""
+        """The bank filters stacked along the output channels, ordered (conv group, bank, channel); with
+        ``bank_fraction < 1``: :math:`K_G + aR_0` on every channel, then each :math:`aR_l` on the channels it
+        reaches."""
+        if self.bank_channels is not None and self._nonstationary:
+            a = self.amplitude()
+            r0, banks = self._relaxations()
+            return torch.cat([self.strict_filter() + a * r0, (a * banks).flatten(0, 1)], dim=0), self.strict_bias()
         banks = self._bank_filters(stationary_only=not self._nonstationary)
         n, c_out = banks.shape[:2]
         banks = banks.reshape(n, self.groups, c_out // self.groups, *banks.shape[2:]).transpose(0, 1)
@@ -265,7 +367,7 @@ class _RelaxedConv(SoftConvBase):
         if not self._nonstationary:
             return GeometricTensor(self._conv(input.tensor, filt, bias), self.out_type)
         y = self._conv(input.tensor, filt, None)
-        out = _combine(y, self._cached_gains(*y.shape[2:]), self.num_banks, self.groups, bias)
+        out = _combine(y, self._cached_gains(*y.shape[2:]), self.num_banks, self.groups, bias, self.bank_channels)
         return GeometricTensor(out, self.out_type)
 
     def export(self) -> torch.nn.Module:
@@ -277,14 +379,18 @@ class _RelaxedConv(SoftConvBase):
             filt, bias = self._expand()
         conv = self._plain_conv(filt, None)
         return RelaxedConvExport(conv, self.num_banks, bias, self.bank_coefficients, self.rff_frequencies,
-                                 self.rff_phases, self.log_lengthscale, self._subgroup_matrices).eval()
+                                 self.rff_phases, self.log_lengthscale, self._subgroup_matrices,
+                                 self.bank_channels).eval()
 
     # -- soft-module interface -------------------------------------------------------------------------
 
     def penalty(self) -> torch.Tensor:
-        """:math:`\\lambda\\,\\tfrac12(\\lVert r\\rVert^2 + \\lVert e\\rVert^2 + a^2 + \\ell^{-2})`."""
+        """:math:`\\lambda\\,\\tfrac12(\\lVert r\\rVert^2 + \\lVert e\\rVert^2 + a^2 + \\ell^{-2})` (:math:`r`: the
+        coefficients of every :math:`R_l`, ``relaxed_weights`` and ``bank_weights``)."""
         total = (self.relaxed_weights.pow(2).sum() + self.bank_coefficients.pow(2).sum()
                  + self.amplitude().pow(2) + torch.exp(-2 * self.log_lengthscale))
+        if self.bank_weights is not None:
+            total = total + self.bank_weights.pow(2).sum()
         return self.penalty_weight * 0.5 * total
 
     def degree(self) -> dict[str, Any]:
@@ -315,7 +421,8 @@ class _RelaxedConv(SoftConvBase):
         return out
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", num_banks={self.num_banks}, stationary={not self._nonstationary}"
+        fraction = "" if self.bank_fraction == 1 else f", bank_fraction={self.bank_fraction}"
+        return super().extra_repr() + f", num_banks={self.num_banks}{fraction}, stationary={not self._nonstationary}"
 
 
 class RelaxedConvExport(torch.nn.Module):
@@ -323,12 +430,14 @@ class RelaxedConvExport(torch.nn.Module):
 
     :math:`y(u) = y_0(u) + \\sum_l g_l(u)\\, y_l(u) + b` with :math:`[y_0, \\dots, y_L] =`
     ``conv(x)`` (one :class:`torch.nn.Conv2d` / ``Conv3d`` holding the stacked filters) and the frozen gains
-    :math:`g_l` of :func:`position_features_nd`.
+    :math:`g_l` of :func:`position_features_nd`; with ``bank_channels``, :math:`y_l` (:math:`l \\ge 1`) are added
+    into those output channels only.
     """
 
     def __init__(self, conv: torch.nn.Module, num_banks: int, bias: torch.Tensor | None,
                  bank_coefficients: torch.Tensor, frequencies: torch.Tensor, phases: torch.Tensor,
-                 log_lengthscale: torch.Tensor, matrices: torch.Tensor | None):
+                 log_lengthscale: torch.Tensor, matrices: torch.Tensor | None,
+                 bank_channels: torch.Tensor | None = None):
         super().__init__()
         self.conv = conv
         self.num_banks = num_banks
@@ -338,13 +447,14 @@ class RelaxedConvExport(torch.nn.Module):
         self.register_buffer("rff_phases", phases.detach().clone())
         self.register_buffer("log_lengthscale", log_lengthscale.detach().clone())
         self.register_buffer("subgroup_matrices", None if matrices is None else matrices.detach().clone())
+        self.register_buffer("bank_channels", None if bank_channels is None else bank_channels.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
         feats = position_features_nd(tuple(y.shape[2:]), self.rff_frequencies, self.rff_phases,
                                      self.log_lengthscale, self.subgroup_matrices)
         gains = torch.einsum("lm,mp->lp", self.bank_coefficients, feats.reshape(feats.shape[0], -1))
-        return _combine(y, gains, self.num_banks, self.conv.groups, self.bias)
+        return _combine(y, gains, self.num_banks, self.conv.groups, self.bias, self.bank_channels)
 
 
 #: the 2D name of :class:`RelaxedConvExport`

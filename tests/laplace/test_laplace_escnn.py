@@ -188,13 +188,16 @@ def _soft_layers(kind: str):
         return es.nn.RSteerR2Conv(t[0], t[1], 3), es.nn.RSteerR2Conv(t[1], t[2], 3, relaxed_subgroup=2)
     if kind == "relaxed":
         return es.nn.RelaxedR2Conv(t[0], t[1], 3), es.nn.RelaxedR2Conv(t[1], t[2], 3, relaxed_subgroup=2)
+    if kind == "relaxed, bank_fraction 0.5":
+        return (es.nn.RelaxedR2Conv(t[0], t[1], 3, bank_fraction=0.5),
+                es.nn.RelaxedR2Conv(t[1], t[2], 3, relaxed_subgroup=2, bank_fraction=0.5))
     if kind == "probabilistic":
         return es.nn.ProbabilisticR2Conv(t[0], t[1], 3), es.nn.ProbabilisticR2Conv(t[1], t[2], 3)
     lifting = es.nn.DSLiftingConv(enn.FieldType(g, [g.trivial_repr]), 3, 3)
     return lifting, es.nn.DSGroupConv(lifting.out_type, 2, 3)
 
 
-@pytest.mark.parametrize("kind", ["rpp", "rsteer", "relaxed", "probabilistic", "ds"])
+@pytest.mark.parametrize("kind", ["rpp", "rsteer", "relaxed", "relaxed, bank_fraction 0.5", "probabilistic", "ds"])
 def test_soft_layers_get_structured_curvature(kind):
     """Every trained tensor of the soft layers gets a structured term (no dense fallback), the evidence is
     finite and differentiable w.r.t. the layers' hyperparameters."""
@@ -215,16 +218,19 @@ def test_soft_layers_get_structured_curvature(kind):
     model = Net()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if any(k in name for k in ("free", "relaxed_weights", "pathways")):
+            if any(k in name for k in ("free", "relaxed_weights", "bank_weights", "pathways")):
                 p.normal_(0, 0.1)
     model = model.double()
     x = torch.randn(6, 1, 7, 7, dtype=torch.float64)
-    exclude = ["a.bias", "a.bank_coefficients", "b.bias", "b.bank_coefficients"] if kind == "relaxed" else None
+    exclude = ["a.bias", "a.bank_coefficients", "b.bias", "b.bank_coefficients"] if kind.startswith("relaxed") \
+        else None
     ev = LaplaceEvidence(model, exclude=exclude or "default")
     ev.fit(loader(x, torch.randint(0, 3, (6,)), 3), differentiable=True)
     kinds = {ev.params[t.param_index].name: type(t).__name__ for t in ev.curvature.terms}
     assert "DenseTerm" not in kinds.values(), kinds
     expected = {n: "BiasTerm" if n.endswith("bias") else "BlocksTerm" for n in kinds if n[:2] in ("a.", "b.")}
+    if kind.startswith("relaxed, bank"):
+        assert {"a.bank_weights", "b.bank_weights"} <= set(kinds)
     if kind == "rpp":
         expected["a.free_weights"] = "KronTerm"  # an unconstrained pathway: W = weights + free_weights
     assert {n: k for n, k in kinds.items() if n in expected} == expected

@@ -63,3 +63,23 @@ def test_bank_combine_gradients_and_double_backward():
     assert torch.autograd.gradgradcheck(_BankCombine.apply, (y, g))
     expected = y[:, :, 0] + g[0] * y[:, :, 1] + g[1] * y[:, :, 2]
     torch.testing.assert_close(_BankCombine.apply(y, g), expected, rtol=1e-14, atol=1e-14)
+
+
+def test_partial_bank_combine_gradients_and_double_backward():
+    """The banks added into a subset of the output channels: right to first and second order."""
+    from escnn_soft.nn.relaxed import _PartialBankCombine
+
+    torch.manual_seed(0)
+    channels = torch.tensor([3, 0])
+    y = torch.randn(2, 5 + 2 * 2, 6, dtype=torch.float64, requires_grad=True)   # (B, C + L C_b, P), C=5, L=2
+    g = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)               # (L, P)
+
+    def f(y, g):
+        return _PartialBankCombine.apply(y, g, channels)
+
+    assert torch.autograd.gradcheck(f, (y, g))
+    assert torch.autograd.gradgradcheck(f, (y, g))
+    expected = y[:, :5].clone()
+    expected[:, 3] += g[0] * y[:, 5] + g[1] * y[:, 7]
+    expected[:, 0] += g[0] * y[:, 6] + g[1] * y[:, 8]
+    torch.testing.assert_close(f(y, g), expected, rtol=1e-14, atol=1e-14)

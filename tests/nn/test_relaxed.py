@@ -8,6 +8,7 @@ import torch
 from escnn import nn as enn
 
 import escnn_soft as es
+from escnn_soft.nn.relaxed import bank_fields
 from escnn_soft.subgroups import subgroup_test_elements
 from escnn_soft.testing import assert_equivariant, random_input
 from tests.nn.relaxed_common import (
@@ -81,6 +82,57 @@ def test_matches_per_pixel_filters_with_groups_stride_dilation():
                                                  groups=2)
                 ref[..., i, j] = out[..., i, j]
     torch.testing.assert_close(y, ref)
+
+
+def test_bank_fields_take_the_first_share_of_every_field_type():
+    gs = gspace("D4")
+    t = enn.FieldType(gs, [gs.trivial_repr] * 3 + [gs.irrep(1, 1)] * 4 + [gs.regular_repr] * 2 + [gs.trivial_repr])
+    assert bank_fields(t, 1.0) == list(range(10))
+    assert bank_fields(t, 0.5) == [0, 1, 3, 4, 7]            # trivial 2 of 4, irrep 2 of 4, regular 1 of 2
+    assert bank_fields(t, 0.01) == [0, 3, 7]                 # at least one field of each type
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.1])
+def test_bank_fraction_matches_per_pixel_filters_and_keeps_the_subgroup(fraction):
+    """With bank_fraction < 1 the modulated filters R_1..R_L reach only bank_fields(...): the layer still computes
+    y(u) = [K(u, .) * x](u) with K(u, .) = K_G + aR_0 + sum_l g_l(u) aR_l (R_l zero on the other channels), stays
+    S-equivariant, exports exactly, and is the strict layer with zero relaxation."""
+    torch.manual_seed(0)
+    gs = gspace("D4")
+    in_type = enn.FieldType(gs, 2 * [gs.regular_repr])
+    out_type = enn.FieldType(gs, [gs.trivial_repr] * 3 + [gs.irrep(1, 1)] * 4 + [gs.regular_repr] * 2)
+    layer = es.nn.RelaxedR2Conv(in_type, out_type, 5, relaxed_subgroup=(None, 4), num_banks=2,
+                                bank_fraction=fraction).double()
+    strict = layer.to_r2conv()
+    x = random_input(layer, size=11)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x).tensor, strict(x).tensor, rtol=0, atol=1e-12)
+        layer.relaxed_weights.normal_(0, 0.3)
+        layer.bank_weights.normal_(0, 0.3)
+        y = layer(x).tensor
+        fields = bank_fields(out_type, fraction)
+        reached = torch.zeros(out_type.size, dtype=torch.bool)
+        for f in fields:
+            reached[out_type.fields_start[f]:out_type.fields_end[f]] = True
+        assert layer.bank_weights.shape[0] == 2 and layer.bank_channels.tolist() == reached.nonzero()[:, 0].tolist()
+        banks = layer._bank_filters()
+        assert banks[1:, ~reached].abs().max() == 0 and banks[1:, reached].abs().min() >= 0
+        assert banks[1:, reached].abs().amax((0, 2, 3, 4)).min() > 0
+        gains = layer.gains(*y.shape[-2:])
+        ref = torch.empty_like(y)
+        for i in range(y.shape[-2]):
+            for j in range(y.shape[-1]):
+                filt = banks[0] + torch.einsum("l,loikw->oikw", gains[:, i, j], banks[1:])
+                ref[..., i, j] = torch.nn.functional.conv2d(x.tensor, filt, layer.strict_bias())[..., i, j]
+        torch.testing.assert_close(y, ref)
+        torch.testing.assert_close(layer.export()(x.tensor), y)
+    assert_equivariant(layer, x, elements=subgroup_test_elements(gs, (None, 4)))
+    assert layer.degree()["nonstationary_norm"] > 1e-3
+    expected = 0.5 * layer.penalty_weight * (layer.relaxed_weights.pow(2).sum() + layer.bank_weights.pow(2).sum()
+                                             + layer.bank_coefficients.pow(2).sum() + 1.0 + 1.0)
+    torch.testing.assert_close(layer.penalty(), expected)
+    (layer(x).tensor.pow(2).sum()).backward()
+    assert layer.bank_weights.grad.abs().sum() > 0 and layer.bank_coefficients.grad.abs().sum() > 0
 
 
 def test_fits_a_target_the_strict_layer_cannot():
@@ -166,6 +218,12 @@ def test_bad_input():
         es.nn.RelaxedR2Conv(in_type, out_type, 5, lengthscale=-1.0)
     with pytest.raises(ValueError, match=r"amplitude: -0.5 .*positive"):
         es.nn.RelaxedR2Conv(in_type, out_type, 5, amplitude=-0.5)
+    for fraction in (0, 1.5, True):
+        with pytest.raises(ValueError, match=rf"bank_fraction: {fraction!r} .*\(0, 1\]"):
+            es.nn.RelaxedR2Conv(in_type, out_type, 5, bank_fraction=fraction)
+    reg = enn.FieldType(in_type.gspace, 2 * [in_type.gspace.regular_repr])
+    with pytest.raises(ValueError, match=r"bank_fraction: 0.5 needs groups=1 \(got groups=2\)"):
+        es.nn.RelaxedR2Conv(reg, reg, 3, groups=2, bank_fraction=0.5)
     layer = es.nn.RelaxedR2Conv(in_type, out_type, 5)
     with pytest.raises(ValueError, match=r"input: its field type"):
         layer(out_type(torch.randn(1, out_type.size, 9, 9)))

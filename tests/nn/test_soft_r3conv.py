@@ -173,3 +173,23 @@ def test_laplace_evidence_is_structured_and_differentiable(cls):
         grads = torch.autograd.grad(lml, hyper, allow_unused=True)
         assert all(g is None or bool(torch.isfinite(g).all()) for g in grads)
         assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_relaxed_bank_fraction_in_3d_keeps_the_subgroup_and_exports():
+    """bank_fraction < 1 on O(3) relaxed over SO(3): the modulated filters reach one of two copies of each field,
+    the layer stays SO(3)-equivariant on the grid, breaks the inversion and exports exactly."""
+    torch.manual_seed(0)
+    t = vector("O3")
+    t2 = enn.FieldType(t.gspace, 2 * t.representations)
+    layer = RelaxedR3Conv(t2, t2, 3, padding=1, relaxed_subgroup="so3", bank_fraction=0.5).double()
+    assert layer.bank_channels.numel() == t.size
+    with torch.no_grad():
+        layer.relaxed_weights.normal_(0, 1)
+        layer.bank_weights.normal_(0, 1)
+    x = random_input(layer, size=7)
+    sub = subgroup_test_elements(t.gspace, "so3")
+    assert_equivariant(layer, x, elements=sub)
+    outside = [g for g in grid_exact_elements(t.gspace) if g not in sub]
+    assert max(equivariance_error(layer, x, outside).values()) > 1e-2
+    with torch.no_grad():
+        torch.testing.assert_close(layer.export()(x.tensor), layer(x).tensor, rtol=1e-10, atol=1e-10)
