@@ -387,8 +387,6 @@ def _layouts(exp: BlocksBasisExpansion, numel: int, c_out: int, c_in: int, point
       position): ``coeff = (start + (o n_i + i) K + k) m + c``, basis size ``K m``;
     * leading multiplicity ``m`` — ``m`` stacked filters (banks) occupying consecutive row ranges of
       ``W``: ``coeff = l D + start + (o n_i + i) K + k`` at rows ``l c + out``;
-    * a row range — the expansion's filters fill the first rows of a taller ``W`` (``m = 1``), or its ``m`` banks
-      fill the last ``m c`` rows (a relaxed layer whose modulated banks reach fewer fields than its first filter);
     * tensored by an irrep of size ``d`` — the expansion maps ``in ⊗ ψ`` to ``out`` repeated ``d`` times
       and ``W`` contracts the ``d x d`` indices (probabilistic pathways): the blocks of the ``d`` copies of
       an output field share a block of ``W``, basis size ``d K``.
@@ -420,13 +418,6 @@ def _layouts(exp: BlocksBasisExpansion, numel: int, c_out: int, c_in: int, point
                 out.append(_Layout([Pair(oi.to(device) + bank * exp_out, ii.to(device),
                                          index(bank * dim + st, no, ni, b.dimension()))
                                     for bank in range(m) for b, st, no, ni, oi, ii in blocks]))
-    if exp_in == c_in and c_out > m * exp_out:
-        first_rows = {c_out - m * exp_out} | ({0} if m == 1 and c_out % exp_out else set())
-        for first in sorted(first_rows):
-            out.append(_Layout([Pair(oi.to(device) + first + bank * exp_out, ii.to(device),
-                                     index(bank * dim + st, no, ni, b.dimension()))
-                                for bank in range(m) for b, st, no, ni, oi, ii in blocks],
-                               [b.sampled_basis for b, *_ in blocks] if m == 1 else None))
     d = exp_out // c_out if c_out else 0
     if m == 1 and d > 1 and exp_out == d * c_out and exp_in == d * c_in:
         pairs = []

@@ -117,49 +117,56 @@ class _BankCombine(torch.autograd.Function):
 
 class _PartialBankCombine(torch.autograd.Function):
     """:math:`y_0 + \\sum_l g_l\\, y_l` when the banks :math:`l \\ge 1` reach only the output channels ``channels``:
-    ``y`` ``(B, C + L C_b, P)`` holds :math:`y_0` (``C`` channels) then the :math:`L` banks (``C_b`` channels each),
-    ``gains`` ``(L, P)``; the banks are added into ``channels``. One write of the stacked gradient, as
-    :class:`_BankCombine`, and differentiable again."""
+    ``y0`` ``(B, C, P)``, the banks ``yb`` ``(B, L C_b, P)`` (bank-major, ``C_b`` = ``len(channels)``), ``gains``
+    ``(L, P)``. The backward passes the output gradient on to ``y0`` as it is and writes the banks' gradient once;
+    built from differentiable operations, so that it can itself be differentiated."""
 
     @staticmethod
-    def forward(ctx: Any, y: torch.Tensor, gains: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(y, gains, channels)
-        n_banks, c_bank = gains.shape[0], channels.shape[0]
-        c_out = y.shape[1] - n_banks * c_bank
-        extra = y[:, c_out:c_out + c_bank] * gains[0]
-        for l in range(1, n_banks):
-            extra = torch.addcmul(extra, y[:, c_out + l * c_bank:c_out + (l + 1) * c_bank], gains[l])
-        return y[:, :c_out].index_add(1, channels, extra)
+    def forward(ctx: Any, y0: torch.Tensor, yb: torch.Tensor, gains: torch.Tensor, channels: torch.Tensor
+                ) -> torch.Tensor:
+        ctx.save_for_backward(yb, gains, channels)
+        c_bank = channels.shape[0]
+        extra = yb[:, :c_bank] * gains[0]
+        for l in range(1, gains.shape[0]):
+            extra = torch.addcmul(extra, yb[:, l * c_bank:(l + 1) * c_bank], gains[l])
+        return y0.index_add(1, channels, extra)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:
-        y, gains, channels = ctx.saved_tensors
-        n_banks, c_bank = gains.shape[0], channels.shape[0]
-        c_out = grad.shape[1]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, None]:
+        yb, gains, channels = ctx.saved_tensors
+        c_bank = channels.shape[0]
         reached = grad.index_select(1, channels)
-        grad_y = torch.cat([grad, *(reached * gains[l] for l in range(n_banks))], dim=1)
+        grad_yb = torch.cat([reached * gains[l] for l in range(gains.shape[0])], dim=1)
         grad_g = None
-        if ctx.needs_input_grad[1]:
-            grad_g = torch.stack([(reached * y[:, c_out + l * c_bank:c_out + (l + 1) * c_bank]).sum((0, 1))
-                                  for l in range(n_banks)])
-        return grad_y, grad_g, None
+        if ctx.needs_input_grad[2]:
+            grad_g = torch.stack([(reached * yb[:, l * c_bank:(l + 1) * c_bank]).sum((0, 1))
+                                  for l in range(gains.shape[0])])
+        return grad, grad_yb, grad_g, None
 
 
-def _combine(y: torch.Tensor, gains: torch.Tensor, banks: int, groups: int, bias: torch.Tensor | None,
-             channels: torch.Tensor | None = None) -> torch.Tensor:
+def _combine(y: torch.Tensor, gains: torch.Tensor, banks: int, groups: int, bias: torch.Tensor | None
+             ) -> torch.Tensor:
     """:math:`y_0 + \\sum_l g_l(u)\\, y_l (+ b)` for the bank outputs ``y`` (``(B, C, *spatial)``), whose channels
-    are ordered (conv group, bank, output channel of the group); with ``channels``, the banks :math:`l \\ge 1`
-    reach only those output channels (one conv group)."""
+    are ordered (conv group, bank, output channel of the group)."""
     b, c = y.shape[:2]
     spatial = y.shape[2:]
-    if channels is None:
-        y = y.reshape(b, groups, banks + 1, c // (groups * (banks + 1)), -1)
-        out = _BankCombine.apply(y, gains.reshape(banks, -1)).reshape(b, -1, *spatial)
-    else:
-        out = _PartialBankCombine.apply(y.reshape(b, c, -1), gains.reshape(banks, -1), channels).reshape(b, -1, *spatial)
-    if bias is not None:
-        out = out + bias.reshape(1, -1, *(1,) * len(spatial))
-    return out
+    y = y.reshape(b, groups, banks + 1, c // (groups * (banks + 1)), -1)
+    out = _BankCombine.apply(y, gains.reshape(banks, -1)).reshape(b, -1, *spatial)
+    return _add_bias(out, bias)
+
+
+def _combine_partial(y0: torch.Tensor, yb: torch.Tensor, gains: torch.Tensor, channels: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    """:math:`y_0 + \\sum_l g_l(u)\\, y_l (+ b)` with the banks ``yb`` (``(B, L C_b, *spatial)``, bank-major) added
+    into the output ``channels`` of ``y0`` (``(B, C, *spatial)``)."""
+    b, c = y0.shape[:2]
+    out = _PartialBankCombine.apply(y0.reshape(b, c, -1), yb.reshape(b, yb.shape[1], -1),
+                                    gains.reshape(gains.shape[0], -1), channels)
+    return _add_bias(out.reshape(y0.shape), bias)
+
+
+def _add_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return out if bias is None else out + bias.reshape(1, -1, *(1,) * (out.dim() - 2))
 
 
 class _RelaxedConv(SoftConvBase):
@@ -277,6 +284,7 @@ class _RelaxedConv(SoftConvBase):
                              torch.as_tensor(matrices, dtype=torch.float32), persistent=False)
         self._nonstationary = num_banks > 0 and math.isfinite(log_a) and math.isfinite(log_l)
         self._gains_cache: FilterCache[torch.Tensor] = FilterCache()
+        self._partial_cache: FilterCache[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]] = FilterCache()
 
     # -- filters -------------------------------------------------------------------------------------
 
@@ -332,13 +340,19 @@ class _RelaxedConv(SoftConvBase):
         ``bank_fraction < 1``: :math:`K_G + aR_0` on every channel, then each :math:`aR_l` on the channels it
         reaches."""
         if self.bank_channels is not None and self._nonstationary:
-            a = self.amplitude()
-            r0, banks = self._relaxations()
-            return torch.cat([self.strict_filter() + a * r0, (a * banks).flatten(0, 1)], dim=0), self.strict_bias()
+            return torch.cat(self._partial_filters(), dim=0), self.strict_bias()
         banks = self._bank_filters(stationary_only=not self._nonstationary)
         n, c_out = banks.shape[:2]
         banks = banks.reshape(n, self.groups, c_out // self.groups, *banks.shape[2:]).transpose(0, 1)
         return banks.reshape(-1, *banks.shape[3:]), self.strict_bias()
+
+    def _partial_filters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """With ``bank_fraction < 1``: :math:`K_G + aR_0` on every output channel and :math:`[aR_1, \\dots, aR_L]`
+        stacked on the channels they reach, as two tensors (each trained tensor reaches one of them, so the
+        Laplace curvature keeps its per-convolution structure)."""
+        a = self.amplitude()
+        r0, banks = self._relaxations()
+        return self.strict_filter() + a * r0, (a * banks).flatten(0, 1)
 
     def stationary_filter(self) -> torch.Tensor:
         """:math:`K(0, \\cdot) = K_G + aR_0`: the filter at the image centre, and everywhere when stationary."""
@@ -357,17 +371,24 @@ class _RelaxedConv(SoftConvBase):
         return self._cached(self._gains_cache, lambda: self.gains(*shape), extra=shape)
 
     def _caches(self) -> list[FilterCache]:
-        return [*super()._caches(), self._gains_cache]
+        return [*super()._caches(), self._gains_cache, self._partial_cache]
 
     def forward(self, input: GeometricTensor) -> GeometricTensor:
         """:math:`y(u) = [(K_G + aR_0) \\star x](u) + \\sum_l g_l(u)\\,[aR_l \\star x](u) + b`: one convolution with
         the stacked bank filters, combined per pixel."""
         self._check_input(input)
+        if self._nonstationary and self.bank_channels is not None:
+            # two convolutions: K_G + aR_0 on every channel, the banks on the channels they reach
+            (k0, kb), bias = self._cached(self._partial_cache, lambda: (self._partial_filters(), self.strict_bias()))
+            y0 = self._conv(input.tensor, k0, None)
+            out = _combine_partial(y0, self._conv(input.tensor, kb, None), self._cached_gains(*y0.shape[2:]),
+                                   self.bank_channels, bias)
+            return GeometricTensor(out, self.out_type)
         filt, bias = self._expanded()
         if not self._nonstationary:
             return GeometricTensor(self._conv(input.tensor, filt, bias), self.out_type)
         y = self._conv(input.tensor, filt, None)
-        out = _combine(y, self._cached_gains(*y.shape[2:]), self.num_banks, self.groups, bias, self.bank_channels)
+        out = _combine(y, self._cached_gains(*y.shape[2:]), self.num_banks, self.groups, bias)
         return GeometricTensor(out, self.out_type)
 
     def export(self) -> torch.nn.Module:
@@ -454,7 +475,10 @@ class RelaxedConvExport(torch.nn.Module):
         feats = position_features_nd(tuple(y.shape[2:]), self.rff_frequencies, self.rff_phases,
                                      self.log_lengthscale, self.subgroup_matrices)
         gains = torch.einsum("lm,mp->lp", self.bank_coefficients, feats.reshape(feats.shape[0], -1))
-        return _combine(y, gains, self.num_banks, self.conv.groups, self.bias, self.bank_channels)
+        if self.bank_channels is None:
+            return _combine(y, gains, self.num_banks, self.conv.groups, self.bias)
+        c = y.shape[1] - self.num_banks * self.bank_channels.shape[0]
+        return _combine_partial(y[:, :c], y[:, c:], gains, self.bank_channels, self.bias)
 
 
 #: the 2D name of :class:`RelaxedConvExport`

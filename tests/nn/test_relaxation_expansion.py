@@ -71,15 +71,16 @@ def test_partial_bank_combine_gradients_and_double_backward():
 
     torch.manual_seed(0)
     channels = torch.tensor([3, 0])
-    y = torch.randn(2, 5 + 2 * 2, 6, dtype=torch.float64, requires_grad=True)   # (B, C + L C_b, P), C=5, L=2
-    g = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)               # (L, P)
+    y0 = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)         # (B, C, P)
+    yb = torch.randn(2, 2 * 2, 6, dtype=torch.float64, requires_grad=True)     # (B, L C_b, P), L = 2 banks
+    g = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)             # (L, P)
 
-    def f(y, g):
-        return _PartialBankCombine.apply(y, g, channels)
+    def f(y0, yb, g):
+        return _PartialBankCombine.apply(y0, yb, g, channels)
 
-    assert torch.autograd.gradcheck(f, (y, g))
-    assert torch.autograd.gradgradcheck(f, (y, g))
-    expected = y[:, :5].clone()
-    expected[:, 3] += g[0] * y[:, 5] + g[1] * y[:, 7]
-    expected[:, 0] += g[0] * y[:, 6] + g[1] * y[:, 8]
-    torch.testing.assert_close(f(y, g), expected, rtol=1e-14, atol=1e-14)
+    assert torch.autograd.gradcheck(f, (y0, yb, g))
+    assert torch.autograd.gradgradcheck(f, (y0, yb, g))
+    expected = y0.clone()
+    expected[:, 3] += g[0] * yb[:, 0] + g[1] * yb[:, 2]
+    expected[:, 0] += g[0] * yb[:, 1] + g[1] * yb[:, 3]
+    torch.testing.assert_close(f(y0, yb, g), expected, rtol=1e-14, atol=1e-14)

@@ -135,6 +135,29 @@ def test_bank_fraction_matches_per_pixel_filters_and_keeps_the_subgroup(fraction
     assert layer.bank_weights.grad.abs().sum() > 0 and layer.bank_coefficients.grad.abs().sum() > 0
 
 
+def test_bank_fraction_eval_cache_follows_the_bank_weights_and_state_dict_round_trips():
+    torch.manual_seed(0)
+    gs = gspace("D4")
+    t = enn.FieldType(gs, 4 * [gs.regular_repr])
+    layer = es.nn.RelaxedR2Conv(t, t, 3, bank_fraction=0.5).double()
+    with torch.no_grad():
+        layer.bank_weights.normal_(0, 0.3)
+    x = random_input(layer, size=9)
+    with torch.no_grad():
+        first = layer(x).tensor
+        layer.eval()
+        torch.testing.assert_close(layer(x).tensor, first)
+        layer.bank_weights.add_(0.1)                         # in place, in eval mode: the cache must notice
+        changed = layer(x).tensor
+        layer.train()
+        torch.testing.assert_close(layer(x).tensor, changed)
+    assert not torch.allclose(first, changed)
+    other = es.nn.RelaxedR2Conv(t, t, 3, bank_fraction=0.5).double()
+    other.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(other.eval()(x).tensor, changed)
+
+
 def test_fits_a_target_the_strict_layer_cannot():
     """Target: a random unconstrained (trivial-group) filter whose response grows to the left."""
     torch.manual_seed(0)
