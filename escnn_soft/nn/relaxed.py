@@ -217,7 +217,8 @@ class _RelaxedConv(SoftConvBase):
         bank_fraction: :math:`\\rho \\in (0, 1]`, the share of the output fields the modulated filters
             :math:`R_1, \\dots, R_L` reach (:func:`bank_fields`: the first :math:`\\lceil \\rho n\\rceil` fields of
             each field type); the other fields have :math:`g_l R_l = 0`, and :math:`R_0` reaches every field. The
-            modulated convolution costs :math:`\\rho` of the strict one; ``1`` (default) is the layer above.
+            modulated convolution has :math:`\\rho` of the output channels (a second convolution, about
+            :math:`\\rho` of the strict one's cost where convolutions are large); ``1`` (default) is the layer above.
             :math:`R_l` stay S-steerable between the restricted types, so every guarantee above holds.
         num_features: :math:`M \\ge 1` random Fourier features.
         penalty_weight: :math:`\\lambda \\ge 0`.
