@@ -143,6 +143,7 @@ def _soft_layers() -> dict[str, torch.nn.Module]:
 
     c4 = gspaces.rot2dOnR2(4)
     reg = enn.FieldType(c4, [c4.regular_repr])
+    reg2 = enn.FieldType(c4, 2 * [c4.regular_repr])
     so2 = gspaces.rot2dOnR2(-1, maximum_frequency=3)
     t2 = enn.FieldType(so2, [so2.trivial_repr, so2.irrep(1)])
     g0 = gspaces.no_base_space(so2.fibergroup)
@@ -150,6 +151,7 @@ def _soft_layers() -> dict[str, torch.nn.Module]:
     return {"ProbabilisticR2Conv": es.nn.ProbabilisticR2Conv(t2, t2, 3, padding=1),
             "ProbabilisticLinear": es.nn.ProbabilisticLinear(t0, t0),
             "RelaxedR2Conv": es.nn.RelaxedR2Conv(reg, reg, 3, padding=1),
+            "RelaxedR2Conv, bank_fraction 0.5": es.nn.RelaxedR2Conv(reg2, reg2, 3, padding=1, bank_fraction=0.5),
             "RPPR2Conv": es.nn.RPPR2Conv(reg, reg, 3, padding=1),
             "RSteerR2Conv": es.nn.RSteerR2Conv(reg, reg, 3, padding=1),
             "DSLiftingConv": es.nn.DSLiftingConv(enn.FieldType(c4, [c4.trivial_repr]), 2, 3, padding=1),
@@ -177,8 +179,9 @@ def _cast_everything(model: torch.nn.Module, forward) -> None:
         assert not stale, stale
 
 
-@pytest.mark.parametrize("name", ["ProbabilisticR2Conv", "ProbabilisticLinear", "RelaxedR2Conv", "RPPR2Conv",
-                                  "RSteerR2Conv", "DSLiftingConv", "DSGroupConv"])
+@pytest.mark.parametrize("name", ["ProbabilisticR2Conv", "ProbabilisticLinear", "RelaxedR2Conv",
+                                  "RelaxedR2Conv, bank_fraction 0.5", "RPPR2Conv", "RSteerR2Conv", "DSLiftingConv",
+                                  "DSGroupConv"])
 def test_dtype_and_device_moves_reach_every_buffer_and_cache_of_a_layer(name):
     torch.manual_seed(0)
     layer = _soft_layers()[name]

@@ -285,7 +285,6 @@ class _RelaxedConv(SoftConvBase):
                              torch.as_tensor(matrices, dtype=torch.float32), persistent=False)
         self._nonstationary = num_banks > 0 and math.isfinite(log_a) and math.isfinite(log_l)
         self._gains_cache: FilterCache[torch.Tensor] = FilterCache()
-        self._partial_cache: FilterCache[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]] = FilterCache()
 
     # -- filters -------------------------------------------------------------------------------------
 
@@ -372,15 +371,16 @@ class _RelaxedConv(SoftConvBase):
         return self._cached(self._gains_cache, lambda: self.gains(*shape), extra=shape)
 
     def _caches(self) -> list[FilterCache]:
-        return [*super()._caches(), self._gains_cache, self._partial_cache]
+        return [*super()._caches(), self._gains_cache]
 
     def forward(self, input: GeometricTensor) -> GeometricTensor:
         """:math:`y(u) = [(K_G + aR_0) \\star x](u) + \\sum_l g_l(u)\\,[aR_l \\star x](u) + b`: one convolution with
         the stacked bank filters, combined per pixel."""
         self._check_input(input)
         if self._nonstationary and self.bank_channels is not None:
-            # two convolutions: K_G + aR_0 on every channel, the banks on the channels they reach
-            (k0, kb), bias = self._cached(self._partial_cache, lambda: (self._partial_filters(), self.strict_bias()))
+            # two convolutions: K_G + aR_0 on every channel, the banks on the channels they reach (the filter cache
+            # holds this pair and the bias here, never _expand's stacked filter)
+            k0, kb, bias = self._cached(self._filter_cache, lambda: (*self._partial_filters(), self.strict_bias()))
             y0 = self._conv(input.tensor, k0, None)
             out = _combine_partial(y0, self._conv(input.tensor, kb, None), self._cached_gains(*y0.shape[2:]),
                                    self.bank_channels, bias)
