@@ -124,7 +124,8 @@ class RunConfig:
         """What rebuilds ``method``'s network and the data of this run (checkpoint metadata, compared on
         ``--resume``): the architecture's own size options only."""
         return {"method": method, "group": self.group, "arch": self.arch, **self.network_size(), "L": self.L,
-                "parameterisation": self.parameterisation, "bank_fraction": self.bank_fraction, "symmetry": self.symmetry, "n_images": self.n_images,
+                "parameterisation": self.parameterisation, "bank_fraction": self.bank_fraction,
+                "symmetry": self.symmetry, "n_images": self.n_images,
                 "redraw": self.redraw is not False, "seed": self.seed, "version": __version__}
 
     @classmethod

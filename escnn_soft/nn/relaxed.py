@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from escnn.nn import FieldType, GeometricTensor
 
+from escnn_soft._escnn import BlocksBasisExpansion
 from escnn_soft.nn._filter import FilterCache
 from escnn_soft.nn._relaxation import (
     SoftConvBase,
@@ -306,7 +307,7 @@ class _RelaxedConv(SoftConvBase):
         r0, banks = self._relaxations()
         return torch.cat([r0[None], self._embed(banks)], dim=0)
 
-    def _expanded_relaxation(self, expansion: Any, coefficients: torch.Tensor) -> torch.Tensor:
+    def _expanded_relaxation(self, expansion: BlocksBasisExpansion, coefficients: torch.Tensor) -> torch.Tensor:
         filt = expand_blocks(expansion, coefficients)
         return filt.reshape(*filt.shape[:3], *self._kernel_shape)
 
@@ -375,7 +376,8 @@ class _RelaxedConv(SoftConvBase):
 
     def forward(self, input: GeometricTensor) -> GeometricTensor:
         """:math:`y(u) = [(K_G + aR_0) \\star x](u) + \\sum_l g_l(u)\\,[aR_l \\star x](u) + b`: one convolution with
-        the stacked bank filters, combined per pixel."""
+        the stacked bank filters, combined per pixel (with ``bank_fraction < 1``: one convolution with
+        :math:`K_G + aR_0` and one with the banks on the channels they reach)."""
         self._check_input(input)
         if self._nonstationary and self.bank_channels is not None:
             # two convolutions: K_G + aR_0 on every channel, the banks on the channels they reach (the filter cache
