@@ -10,7 +10,8 @@ One layer between gated-style field types of SO(3) or O(3) (``--fields`` copies 
 * ``build s``: construction time of the layer.
 
 Layers: ``strict`` (escnn ``R3Conv``), ``conv3d`` (``torch.nn.Conv3d`` with as many channels), ``relaxed``
-(``RelaxedR3Conv`` defaults), ``relaxed (bank 1/4)`` (``bank_fraction=0.25``), ``relaxed (stationary)``
+(``RelaxedR3Conv`` defaults), ``relaxed (bank 1/4)`` (``bank_fraction=0.25``), ``relaxed (bank 1/4, in 1/4)``
+(``bank_fraction=0.25, bank_in_fraction=0.25``), ``relaxed (stationary)``
 (``lengthscale=inf``), ``rpp``, ``rsteer``,
 ``probabilistic`` (``ProbabilisticR3Conv`` defaults). The fastest of ``--rounds`` interleaved rounds (process CPU
 time, one thread) is reported with its ratio to strict. ``--network`` also times the construction of the
@@ -36,7 +37,8 @@ from escnn import nn as enn
 
 import escnn_soft as es
 
-LAYERS = ("strict", "conv3d", "relaxed", "relaxed (bank 1/4)", "relaxed (stationary)", "rpp", "rsteer", "probabilistic")
+LAYERS = ("strict", "conv3d", "relaxed", "relaxed (bank 1/4)", "relaxed (bank 1/4, in 1/4)", "relaxed (stationary)",
+          "rpp", "rsteer", "probabilistic")
 
 
 def field_type(group: str, fields: int) -> enn.FieldType:
@@ -53,12 +55,15 @@ def build(layer: str, group: str, fields: int, kernel: int) -> torch.nn.Module:
     if layer == "conv3d":
         return torch.nn.Conv3d(t.size, t.size, kernel, **kw)
     cls = {"relaxed": es.nn.RelaxedR3Conv, "relaxed (bank 1/4)": es.nn.RelaxedR3Conv,
+           "relaxed (bank 1/4, in 1/4)": es.nn.RelaxedR3Conv,
            "relaxed (stationary)": es.nn.RelaxedR3Conv, "rpp": es.nn.RPPR3Conv,
            "rsteer": es.nn.RSteerR3Conv, "probabilistic": es.nn.ProbabilisticR3Conv}[layer]
     if layer == "relaxed (stationary)":
         kw["lengthscale"] = float("inf")
-    if layer == "relaxed (bank 1/4)":
+    if layer.startswith("relaxed (bank 1/4"):
         kw["bank_fraction"] = 0.25
+    if layer == "relaxed (bank 1/4, in 1/4)":
+        kw["bank_in_fraction"] = 0.25
     return cls(t, t, kernel, **kw)
 
 

@@ -41,7 +41,8 @@ import torch
 import escnn_soft as es
 from escnn_soft.models import build_model
 
-METHODS = ("strict", "relaxed", "relaxed (bank 1/4)", "relaxed (stationary)", "rpp", "rsteer", "cnn")
+METHODS = ("strict", "relaxed", "relaxed (bank 1/4)", "relaxed (bank 1/4, in 1/4)", "relaxed (stationary)", "rpp",
+           "rsteer", "cnn")
 
 
 def _model(method: str, group: str, arch: str = "default", width_multiplier: int | None = None) -> torch.nn.Module:
@@ -50,6 +51,8 @@ def _model(method: str, group: str, arch: str = "default", width_multiplier: int
         return build_model("relaxed", group, lengthscale=float("inf"), **kwargs)
     if method == "relaxed (bank 1/4)":
         return build_model("relaxed", group, bank_fraction=0.25, **kwargs)
+    if method == "relaxed (bank 1/4, in 1/4)":
+        return build_model("relaxed", group, bank_fraction=0.25, bank_in_fraction=0.25, **kwargs)
     return build_model(method, group, **kwargs)
 
 

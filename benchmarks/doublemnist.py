@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from escnn_soft.doublemnist.config import SYMMETRIES
+from escnn_soft.doublemnist.reporting import quarter_turn_mass
 from escnn_soft.models import ARCHS, METHODS, READOUTS
 
 #: the medium scale, chosen by benchmarks/doublemnist_choose_medium.py (its table: doublemnist_medium/choice/choice.md)
@@ -80,7 +81,8 @@ def _run(method: str, symmetry: str, seed: int, cfg: argparse.Namespace, folder:
     if method == "probabilistic":
         cmd += ["--parameterisation", getattr(cfg, "parameterisation", "softmax")]
     if method == "relaxed":
-        cmd += ["--bank-fraction", str(getattr(cfg, "bank_fraction", 1.0))]
+        cmd += ["--bank-fraction", str(getattr(cfg, "bank_fraction", 1.0)),
+                "--bank-in-fraction", str(getattr(cfg, "bank_in_fraction", 1.0))]
     if (folder / f"{method}.pt").is_file():
         cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TQDM_DISABLE": "1"}
@@ -156,7 +158,7 @@ def tables(results: dict, cfg: argparse.Namespace) -> str:
             if runs:
                 lines.append(f"| {s} | " + " | ".join(_headline(m, runs[0]["degrees"][k]) for k in layers) + " |")
         lines.append("")
-    mass_rows = [(s, _quarter_turn_mass(runs[0]["likelihood_history"])) for s in syms
+    mass_rows = [(s, quarter_turn_mass(runs[0]["likelihood_history"])) for s in syms
                  for runs in [results.get(("probabilistic", s), [])] if runs and runs[0].get("likelihood_history")]
     mass_rows = [(s, m) for s, m in mass_rows if m]
     if mass_rows:
@@ -168,19 +170,6 @@ def tables(results: dict, cfg: argparse.Namespace) -> str:
         lines.append("")
     lines += _verdicts(means, syms)
     return "\n".join(lines)
-
-
-def _quarter_turn_mass(history: dict) -> dict[str, float]:
-    """Per layer, the share of λ's last recorded density (rotations) within ±22.5° of a multiple of 90°."""
-    out = {}
-    for layer, rec in history["layers"].items():
-        density = rec["density"].get("rotations")
-        if not density or not rec["x_label"].startswith("angle"):
-            continue
-        angles, values = rec["x"], density[-1]
-        near = [v for a, v in zip(angles, values) if min(a % 90.0, 90.0 - a % 90.0) < 22.5]
-        out[layer] = sum(near) / sum(values) if sum(values) > 0 else float("nan")
-    return out
 
 
 def _verdicts(means: dict[str, dict[str, float]], syms: list[str]) -> list[str]:
@@ -222,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bank-fraction", type=float, default=1.0,
                    help="relaxed runs: share of the output fields the modulated filters reach (escnn-soft train "
                         "--bank-fraction)")
+    p.add_argument("--bank-in-fraction", type=float, default=1.0,
+                   help="relaxed runs: share of the input fields the modulated filters read (escnn-soft train "
+                        "--bank-in-fraction)")
     p.add_argument("--threads", type=int, default=1, help="threads per run")
     p.add_argument("--nproc-per-node", type=int, default=1,
                    help="processes per run under torchrun (DDP; --batch-size is the global batch), e.g. one per GPU")

@@ -19,9 +19,12 @@ of the previous filters the evidence model's test accuracy collapsed (C4: 0.05; 
 ``test_accuracy_before_bn_refresh``).
 
 Every cell (symmetry, mode, seed) writes ``<out>/<symmetry>_<mode>_s<seed>.json`` (and its weights to
-``runs/marglik_lambda/``, not committed) when it finishes, so an
+``runs/<out name>/``, not committed) when it finishes, so an
 interrupted run continues where it stopped (finished cells are skipped); ``--report-only`` writes the table
-``benchmarks/results_marglik.md`` from whatever cells exist.
+``benchmarks/results_marglik.md`` (``results_marglik_medium.md`` for ``--scale medium``; ``<out>/results.md`` for
+another ``--out``) from whatever cells exist. A cell records, per layer, the equivariant fraction per subgroup and
+where λ put its mass (the share within ±22.5° of the quarter turns, and λ over the angle per layer as
+``<out>/<cell>_lambda.png``); ``--backfill`` adds both to older cells from their saved weights.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/marglik_lambda.py              # 9 cells, seed 0
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/marglik_lambda.py --report-only
@@ -39,8 +42,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from escnn_soft.data import DoubleMNIST
+from escnn_soft.doublemnist.reporting import quarter_turn_mass
 from escnn_soft.doublemnist.training import cosine_lr, evaluate, set_lr, train_epoch
 from escnn_soft.laplace import refresh_batchnorm
+from escnn_soft.metrics import LikelihoodHistory
 from escnn_soft.models import build_model
 from escnn_soft.nn.base import SoftModule
 
@@ -60,13 +65,59 @@ def _degrees(model: torch.nn.Module) -> dict[str, dict[str, float]]:
     return out
 
 
+def _mass(model: torch.nn.Module, png: Path) -> dict[str, float]:
+    """Per probabilistic layer: the share of λ within ±22.5° of the quarter turns (0.5 uniform, 1 on C4); λ of
+    every layer over the rotation angle is plotted to ``png``."""
+    import matplotlib.pyplot as plt
+
+    history = LikelihoodHistory()
+    history.record(model, 0)
+    layers = history.to_dict()["layers"]
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers), 2.4), sharey=True, squeeze=False)
+    for ax, (name, rec) in zip(axes[0], layers.items()):
+        ax.plot(rec["x"], rec["density"]["rotations"][-1])
+        for q in (0, 90, 180, 270):
+            ax.axvline(q, color="grey", lw=0.5, ls=":")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("angle (degrees)")
+    axes[0][0].set_ylabel("λ (mean 1)")
+    fig.suptitle(png.stem)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return {k: round(v, 4) for k, v in quarter_turn_mass(history.to_dict()).items()}
+
+
+def _build(args: argparse.Namespace | dict) -> torch.nn.Module:
+    cfg = args if isinstance(args, dict) else vars(args)
+    size = ({"width": cfg["width"]} if cfg["arch"] == "default" else
+            {"arch": "thesis", "width_multiplier": cfg["width_multiplier"]})
+    return build_model("probabilistic", group="SO2", L=cfg["L"], **size)
+
+
+def backfill(out: Path) -> None:
+    """Add ``quarter_turn_mass`` to finished cells that lack it, from their saved weights (``runs/``)."""
+    weights = HERE.parent / "runs" / out.name
+    for path in sorted(out.glob("*.json")):
+        cell = json.loads(path.read_text())
+        state = weights / f"{path.stem}.pt"
+        if "quarter_turn_mass" in cell:
+            continue
+        if not state.is_file():
+            print(f"{path.name}: no saved weights at {state}; quarter_turn_mass left out", flush=True)
+            continue
+        model = _build(cell["config"])
+        model.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
+        cell["quarter_turn_mass"] = _mass(model, out / f"{path.stem}_lambda.png")
+        path.write_text(json.dumps(cell, indent=1))
+        print(f"{path.name}: quarter_turn_mass {cell['quarter_turn_mass']}", flush=True)
+
+
 def run_cell(symmetry: str, mode: str, seed: int, args: argparse.Namespace) -> dict:
     torch.manual_seed(seed)
     kw = {"symmetry": symmetry, "n_images": args.n_images, "seed": seed}
     train, test = DoubleMNIST(split="train", **kw), DoubleMNIST(split="test", **kw)
-    size = ({"width": args.width} if args.arch == "default" else
-            {"arch": "thesis", "width_multiplier": args.width_multiplier})
-    model = build_model("probabilistic", group="SO2", L=args.L, **size)
+    model = _build(args)
     t0 = time.time()
     extra: dict = {}
     if mode.startswith("evidence"):
@@ -104,7 +155,8 @@ def run_cell(symmetry: str, mode: str, seed: int, args: argparse.Namespace) -> d
     torch.save(model.state_dict(), weights / f"{symmetry}_{mode}_s{seed}.pt")
     return {"symmetry": symmetry, "mode": mode, "seed": seed, "test_accuracy": test_stats["accuracy"],
             "test_accuracy_before_bn_refresh": stale,
-            "seconds": round(time.time() - t0, 1), "degrees": _degrees(model), **extra,
+            "seconds": round(time.time() - t0, 1), "degrees": _degrees(model),
+            "quarter_turn_mass": _mass(model, Path(args.out) / f"{symmetry}_{mode}_s{seed}_lambda.png"), **extra,
             "config": {k: getattr(args, k) for k in ("n_images", "epochs", "arch", "width", "width_multiplier", "L", "lr",
                                                      "lr_hyp", "batch_size", "hypersteps", "marglik_batch")}}
 
@@ -119,8 +171,38 @@ def _fmt(values: list[float]) -> str:
     return f"{mean:.3f} ± {std:.3f}"
 
 
-def report(out: Path) -> str:
+#: issue 14's medium-scale probabilistic runs (benchmarks/doublemnist.py --scale medium): the ``reg`` recipe on the same
+#: network, data and schedule, without the batch-norm refresh; the reference KL weighting where that run exists
+ISSUE14_RUNS = (("doublemnist_medium_klmean", "KL mean"), ("doublemnist_medium", "KL sum, 6x the reference"))
+ISSUE14_MODE = "reg (issue 14 run)"
+
+
+def issue14_reg_cells(seeds: list[int]) -> list[dict]:
+    """The ``reg`` cells a medium-scale report has no own run for, read from issue 14's runs (:data:`ISSUE14_RUNS`):
+    test accuracy, equivariant fractions and quarter-turn mass of the probabilistic network, marked as such."""
+    cells = []
+    for symmetry in SYMMETRIES:
+        for seed in seeds:
+            for folder, kl in ISSUE14_RUNS:
+                path = HERE / folder / "runs" / f"probabilistic-{symmetry}-{seed}" / "results.json"
+                if not path.is_file():
+                    continue
+                run = json.loads(path.read_text())["probabilistic"]
+                degrees = {layer: {g: d["subgroups"][g]["equivariant_fraction"] for g in SUBGROUPS}
+                           for layer, d in run["degrees"].items() if "subgroups" in d}
+                cells.append({"symmetry": symmetry, "mode": ISSUE14_MODE, "seed": seed, "kl": kl,
+                              "test_accuracy": run["test_accuracy"], "degrees": degrees,
+                              "quarter_turn_mass": quarter_turn_mass(run["likelihood_history"])})
+                break
+    return cells
+
+
+def report(out: Path, with_issue14: bool = False) -> str:
     cells = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    own = {c["seed"] for c in cells}
+    if with_issue14 and not any(c["mode"] == "reg" for c in cells):
+        cells += issue14_reg_cells(sorted(own))
+    modes = [*MODES, *([ISSUE14_MODE] if any(c["mode"] == ISSUE14_MODE for c in cells) else [])]
     if not cells:
         return "no finished cells"
     cfg = cells[0]["config"]
@@ -135,7 +217,7 @@ def report(out: Path) -> str:
              f"{platform.machine()}, 1 thread, shared. Generated by `benchmarks/marglik_lambda.py --report-only`.\n"),
              "## Test accuracy\n", "| λ trained by | " + " | ".join(SYMMETRIES) + " |",
              "|---|" + "---|" * len(SYMMETRIES)]
-    for mode in MODES:
+    for mode in modes:
         row = [_fmt([c["test_accuracy"] for c in cells if c["mode"] == mode and c["symmetry"] == s]) for s in SYMMETRIES]
         lines.append(f"| {mode} | " + " | ".join(row) + " |")
     for mode in ("evidence", "evidence_cos"):
@@ -143,11 +225,17 @@ def report(out: Path) -> str:
                      and "test_accuracy_before_bn_refresh" in c]) for s in SYMMETRIES]
         if any(r != "–" for r in row):
             lines.append(f"| {mode}, stale batch-norm statistics | " + " | ".join(row) + " |")
+    borrowed = [c for c in cells if c["mode"] == ISSUE14_MODE]
+    if borrowed:
+        lines += ["", f"`{ISSUE14_MODE}`: no `reg` cell of this experiment yet, so issue 14's medium-scale probabilistic "
+                  "run with the same network, data and schedule stands in (`benchmarks/doublemnist.py --scale medium`; "
+                  "batch-norm statistics not refreshed before the test): " + ", ".join(
+                      f"{c['symmetry']} seed {c['seed']} ({c['kl']})" for c in borrowed) + "."]
     lines += ["", "## Equivariant fraction per layer and subgroup (C2 / C4 / SO2; 1 = exactly equivariant)\n"]
     layers = next(iter(cells))["degrees"].keys()
     lines += ["| data | λ by | " + " | ".join(layers) + " |", "|---|---|" + "---|" * len(layers)]
     for s in SYMMETRIES:
-        for mode in MODES:
+        for mode in modes:
             found = [c for c in cells if c["mode"] == mode and c["symmetry"] == s]
             if not found:
                 continue
@@ -156,6 +244,13 @@ def report(out: Path) -> str:
                 vals = [sum(c["degrees"][layer][g] for c in found) / len(found) for g in SUBGROUPS]
                 row.append(" / ".join(f"{v:.2f}" for v in vals))
             lines.append(f"| {s} | {mode} | " + " | ".join(row) + " |")
+    massed = [c for c in cells if "quarter_turn_mass" in c]
+    if massed:
+        lines += ["", "## Where λ put its mass: share within ±22.5° of the quarter turns (0.50 uniform, 1 on C4)\n",
+                  "| data | λ by | seed | " + " | ".join(layers) + " |", "|---|---|---|" + "---|" * len(layers)]
+        lines += [f"| {c['symmetry']} | {c['mode']} | {c['seed']} | " +
+                  " | ".join(f"{c['quarter_turn_mass'].get(k, float('nan')):.2f}" for k in layers) + " |"
+                  for c in massed]
     ev = [c for c in cells if c["mode"] == "evidence_cos"] or [c for c in cells if c["mode"] == "evidence"]
     if ev:
         lines += ["", f"## Evidence ({ev[0]['mode']}): per-layer Occam terms at the last update (seed-mean)\n",
@@ -173,7 +268,7 @@ def report(out: Path) -> str:
         lines += ["", "Log evidence per update: " + "; ".join(
             f"{c['symmetry']} s{c['seed']}: " + ", ".join(f"{m:.0f}" for m in c["marglik"]) for c in ev)]
     lines += ["", "Run time per cell (s): " + ", ".join(f"{c['symmetry']}/{c['mode']}/s{c['seed']} {c['seconds']:.0f}"
-                                                    for c in cells)]
+                                                    for c in cells if "seconds" in c)]
     notes = out / "NOTES.md"  # hand-written: deviations and reading, kept across --report-only
     if notes.is_file():
         lines += ["", notes.read_text().rstrip()]
@@ -206,6 +301,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="cells folder (default marglik_lambda/, or marglik_lambda_medium/)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--backfill", action="store_true",
+                   help="add the quarter-turn mass to finished cells from their saved weights (runs/), then report")
     args = p.parse_args()
     for key, value in SCALES[args.scale].items():
         setattr(args, key, value)
@@ -214,7 +311,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
+    if args.backfill:
+        backfill(out)
+    elif not args.report_only:
         for seed in map(int, args.seeds.split(",")):
             for symmetry in args.symmetries.split(","):
                 for mode in args.modes.split(","):
@@ -227,8 +326,9 @@ def main() -> None:
                     tmp.replace(path)
                     print(f"{symmetry} {mode} s{seed}: test accuracy {cell['test_accuracy']:.3f} in {cell['seconds']:.0f} s; "
                           f"{cell['degrees']}", flush=True)
-    text = report(out)
-    (HERE / f"results_marglik{suffix}.md").write_text(text)
+    text = report(out, with_issue14=args.scale == "medium")
+    default_out = out.resolve() == (HERE / f"marglik_lambda{suffix}").resolve()
+    (HERE / f"results_marglik{suffix}.md" if default_out else out / "results.md").write_text(text)
     print(text)
 
 

@@ -10,6 +10,11 @@ network (the same weights shape, zero relaxation / uniform λ) and may learn to 
 * ``relaxed`` — every R3Conv a :class:`~escnn_soft.nn.RelaxedR3Conv` relaxed over SO(3)
   (``relaxed_subgroup='so3'``: the relaxation may break reflections, never rotations).
 
+``--lambda-by evidence`` trains the probabilistic network's λ by the Laplace evidence instead
+(:func:`escnn_soft.laplace.marglik_training`, ``hyperparameters="likelihoods"``, the regularisers off, the evidence
+fitted on the whole training set; the tensor-product non-linearities' weights stay point estimates): the question is whether the Occam factor prefers the λ that keeps SO(3) (uniform
+on the rotations, zero on the reflections) where the paper's alignment/KL terms do not.
+
 Network: three steerable conv blocks (kernels 5, 3, 3) with batch norm and a non-linearity, a 1x1 conv to
 invariant scalar fields, global average pooling, a linear classifier. ``--act tensor`` (default): fields of one
 scalar and two vectors (``(0,0)⊕(1,1)⊕(1,1)`` for O(3), ``0⊕1⊕1`` for SO(3)) and escnn's ``TensorProductModule``;
@@ -94,8 +99,8 @@ class TetrisNet(torch.nn.Module):
         return self.head(y.mean(dim=(2, 3, 4)))
 
 
-def build(method: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int = 16, act: str = "tensor"
-          ) -> torch.nn.Module:
+def build(method: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int = 16, act: str = "tensor",
+          relaxed_kwargs: dict | None = None) -> torch.nn.Module:
     kw = {"n_scalars": n_scalars, "n_vectors": n_vectors, "n_invariant": n_invariant, "act": act}
     if method == "strict-SO3":
         return TetrisNet("SO3", **kw)
@@ -103,7 +108,7 @@ def build(method: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int 
     if method == "probabilistic":
         es.soften(net, method="probabilistic")
     elif method == "relaxed":
-        es.soften(net, method="relaxed", relaxed_subgroup="so3")
+        es.soften(net, method="relaxed", relaxed_subgroup="so3", **(relaxed_kwargs or {}))
     return net
 
 
@@ -150,31 +155,47 @@ def plot_likelihoods(model: torch.nn.Module, prefix: str) -> list[str]:
 
 def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, lr: float, tol: float,
         threshold: float = 0.99, plot_dir: str | None = None, size: int = 11, scale: float = 2.0,
-        width: tuple[int, int, int] = (4, 4, 16), act: str = "tensor") -> dict:
+        width: tuple[int, int, int] = (4, 4, 16), act: str = "tensor", lambda_by: str = "regularisers",
+        lr_hyp: float = 0.05, marglik_batch: int = 64, relaxed_kwargs: dict | None = None) -> dict:
     torch.manual_seed(seed)
     train = Tetris3D("train", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
     test = Tetris3D("test", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
     start = time.perf_counter()
-    model = build(method, *width, act=act)
+    model = build(method, *width, act=act, relaxed_kwargs=relaxed_kwargs)
     built = time.perf_counter() - start
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True,
                                          generator=torch.Generator().manual_seed(seed))
     start = time.perf_counter()
-    for _ in range(epochs):
-        model.train()
-        for x, y in loader:
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(x), y) + es.regularization_loss(model)
-            loss.backward()
-            opt.step()
+    extra: dict = {}
+    if method == "probabilistic" and lambda_by == "evidence":
+        from escnn_soft.laplace import DEFAULT_EXCLUDED, marglik_training, refresh_batchnorm
+
+        # escnn's TensorProductModule has no Laplace support: its quadratic map's weights stay point estimates
+        model, hist = marglik_training(model, loader, n_epochs=epochs, lr=lr, lr_hyp=lr_hyp,
+                                       n_epochs_burnin=epochs // 4, marglik_frequency=max(1, epochs // 12),
+                                       n_hypersteps=5, marglik_batch_size=marglik_batch, hyperparameters="likelihoods", progress=False, seed=seed,
+                                       exclude=(*DEFAULT_EXCLUDED, enn.TensorProductModule))
+        extra = {"lambda_by": "evidence", "lr_hyp": lr_hyp, "marglik_batch": marglik_batch, "marglik": hist["marglik"]}
+        # the last λ step follows the last epoch: re-estimate the batch-norm statistics at the final filters
+        extra["test_accuracy_before_bn_refresh"] = evaluate(model, test)[0]
+        refresh_batchnorm(model, loader)
+    else:
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        for _ in range(epochs):
+            model.train()
+            for x, y in loader:
+                opt.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(model(x), y) + es.regularization_loss(model)
+                loss.backward()
+                opt.step()
     trained = time.perf_counter() - start
     acc, pair = evaluate(model, test)
     plots = plot_likelihoods(model, f"{plot_dir}/tetris_{rotations}_{method}") if plot_dir else []
     return {"plots": plots, "act": act, "size": size, "scale": scale, "width": list(width), "lr": lr, "method": method, "rotations": rotations, "seed": seed, "epochs": epochs, "n_train": len(train),
             "test_accuracy": acc, "chiral_pair_accuracy": pair, "build_s": built, "train_s": trained,
             "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "layers": kept_subgroups(model, tol, threshold)}
+            "layers": kept_subgroups(model, tol, threshold), **extra,
+            **({"relaxed_kwargs": relaxed_kwargs} if method == "relaxed" and relaxed_kwargs else {})}
 
 
 def table(rows: list[dict]) -> str:
@@ -208,13 +229,26 @@ def main() -> None:
                         help="tensor (default): fields of a scalar and two vectors, escnn's TensorProductModule "
                              "(quadratic); gated: gated scalar + vector fields; fourier: FourierELU on band-limited "
                              "regular fields")
+    parser.add_argument("--lambda-by", default="regularisers", choices=["regularisers", "evidence"],
+                        help="probabilistic: λ trained with the paper's regularisers (default) or by the Laplace "
+                             "evidence (marglik_training, regularisers off)")
+    parser.add_argument("--lr-hyp", type=float, default=0.05, help="--lambda-by evidence: Adam lr of λ")
+    parser.add_argument("--marglik-batch", type=int, default=64,
+                        help="--lambda-by evidence: samples per evidence estimate (5 λ steps every epochs/12 "
+                             "epochs after a burn-in of epochs/4)")
+    parser.add_argument("--bank-fraction", type=float, default=1.0,
+                        help="relaxed: share of the output fields the modulated filters reach (RelaxedR3Conv)")
+    parser.add_argument("--bank-in-fraction", type=float, default=1.0,
+                        help="relaxed: share of the input fields the modulated filters read (RelaxedR3Conv)")
     args = parser.parse_args()
+    relaxed_kwargs = {k: v for k, v in (("bank_fraction", args.bank_fraction),
+                                        ("bank_in_fraction", args.bank_in_fraction)) if v != 1}
     rows = []
     for rotations in args.rotations:
         for method in args.methods:
             rows.append(run(method, rotations, args.epochs, args.n_per_class, args.seed, args.lr, args.tol,
                             args.threshold, args.plot_dir, args.size, args.scale, tuple(args.width),
-                            args.act))
+                            args.act, args.lambda_by, args.lr_hyp, args.marglik_batch, relaxed_kwargs))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
     if args.out:

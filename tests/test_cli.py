@@ -128,16 +128,19 @@ def test_square_parameterisation_is_recorded_and_rebuilt_from_the_checkpoint(tmp
     assert all(abs(v - 1.0) < 1e-6 for values in initial for v in values)  # uniform λ before training
 
 
-def test_bank_fraction_is_recorded_and_rebuilt_from_the_checkpoint(tmp_path):
+def test_bank_fractions_are_recorded_and_rebuilt_from_the_checkpoint(tmp_path):
     assert main(["train", "--method", "relaxed", "--compare", "", "--n-images", "100", "--epochs", "1", "--width", "2",
-                 "--group", "C4", "--out", str(tmp_path), "--report-images", "0", "--bank-fraction", "0.5"]) == 0
+                 "--group", "C4", "--out", str(tmp_path), "--report-images", "0", "--bank-fraction", "0.5",
+                 "--bank-in-fraction", "0.5"]) == 0
     model, meta, _ = load_checkpoint(tmp_path / "relaxed.pt")
-    assert meta["bank_fraction"] == 0.5
+    assert meta["bank_fraction"] == 0.5 and meta["bank_in_fraction"] == 0.5
     layers = [m for m in model.modules() if isinstance(m, es.nn.RelaxedR2Conv)]
-    assert {m.bank_fraction for m in layers} == {0.5}
+    assert {m.bank_fraction for m in layers} == {0.5} and {m.bank_in_fraction for m in layers} == {0.5}
     assert any(m.bank_weights is not None for m in layers)  # width 2: some layers modulate half their fields
-    with pytest.raises(SystemExit, match="--bank-fraction 1.5: must lie in"):
-        main(["train", "--method", "relaxed", "--bank-fraction", "1.5"])
+    assert any(m.bank_in_channels is not None for m in layers)  # ... and read half of their input fields
+    for flag in ("--bank-fraction", "--bank-in-fraction"):
+        with pytest.raises(SystemExit, match=f"{flag} 1.5: must lie in"):
+            main(["train", "--method", "relaxed", flag, "1.5"])
 
 
 def test_thesis_network_is_trained_recorded_and_rebuilt_from_the_checkpoint(tmp_path):

@@ -152,6 +152,8 @@ def _soft_layers() -> dict[str, torch.nn.Module]:
             "ProbabilisticLinear": es.nn.ProbabilisticLinear(t0, t0),
             "RelaxedR2Conv": es.nn.RelaxedR2Conv(reg, reg, 3, padding=1),
             "RelaxedR2Conv, bank_fraction 0.5": es.nn.RelaxedR2Conv(reg2, reg2, 3, padding=1, bank_fraction=0.5),
+            "RelaxedR2Conv, bank fractions 0.5": es.nn.RelaxedR2Conv(reg2, reg2, 3, padding=1, bank_fraction=0.5,
+                                                                     bank_in_fraction=0.5),
             "RPPR2Conv": es.nn.RPPR2Conv(reg, reg, 3, padding=1),
             "RSteerR2Conv": es.nn.RSteerR2Conv(reg, reg, 3, padding=1),
             "DSLiftingConv": es.nn.DSLiftingConv(enn.FieldType(c4, [c4.trivial_repr]), 2, 3, padding=1),
@@ -180,7 +182,7 @@ def _cast_everything(model: torch.nn.Module, forward) -> None:
 
 
 @pytest.mark.parametrize("name", ["ProbabilisticR2Conv", "ProbabilisticLinear", "RelaxedR2Conv",
-                                  "RelaxedR2Conv, bank_fraction 0.5", "RPPR2Conv", "RSteerR2Conv", "DSLiftingConv",
+                                  "RelaxedR2Conv, bank_fraction 0.5", "RelaxedR2Conv, bank fractions 0.5", "RPPR2Conv", "RSteerR2Conv", "DSLiftingConv",
                                   "DSGroupConv"])
 def test_dtype_and_device_moves_reach_every_buffer_and_cache_of_a_layer(name):
     torch.manual_seed(0)

@@ -46,8 +46,9 @@ def model_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
         kwargs["L"] = meta["L"]
         # checkpoints from before the square parameterisation used the softmax one
         kwargs["parameterisation"] = meta.get("parameterisation", "softmax")
-    if meta["method"] == "relaxed":  # checkpoints from before bank_fraction modulated every field
+    if meta["method"] == "relaxed":  # checkpoints from before bank_(in_)fraction modulated every field
         kwargs["bank_fraction"] = meta.get("bank_fraction", 1.0)
+        kwargs["bank_in_fraction"] = meta.get("bank_in_fraction", 1.0)
     return kwargs
 
 
@@ -117,7 +118,7 @@ def _size(meta: dict[str, Any]) -> str:
 
 # What checkpoints written before a run option existed did, so that they keep resuming with that option's old value.
 _LEGACY_META: dict[str, Any] = {"arch": "default", "redraw": False, "parameterisation": "softmax",
-                                "bank_fraction": 1.0}
+                                "bank_fraction": 1.0, "bank_in_fraction": 1.0}
 
 
 def _differences(saved: dict[str, Any], current: dict[str, Any], what: str) -> list[str]:

@@ -64,6 +64,7 @@ class RunConfig:
     L: int = 2
     parameterisation: str = "softmax"
     bank_fraction: float = 1.0
+    bank_in_fraction: float = 1.0
     batch_size: int = 32
     lr: float = 5e-3
     seed: int = 0
@@ -94,8 +95,9 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{flag(name)} {value!r}: must be an int >= {low}")
-        if not 0 < self.bank_fraction <= 1:
-            raise ConfigError(f"{flag('bank_fraction')} {self.bank_fraction!r}: must lie in (0, 1] (e.g. 0.25)")
+        for name in ("bank_fraction", "bank_in_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"{flag(name)} {getattr(self, name)!r}: must lie in (0, 1] (e.g. 0.25)")
         if not self.lr > 0:
             raise ConfigError(f"{flag('lr')} {self.lr!r}: must be > 0 (e.g. 5e-3)")
         if not 0 < self.harden_threshold <= 1:
@@ -125,6 +127,7 @@ class RunConfig:
         ``--resume``): the architecture's own size options only."""
         return {"method": method, "group": self.group, "arch": self.arch, **self.network_size(), "L": self.L,
                 "parameterisation": self.parameterisation, "bank_fraction": self.bank_fraction,
+                "bank_in_fraction": self.bank_in_fraction,
                 "symmetry": self.symmetry, "n_images": self.n_images,
                 "redraw": self.redraw is not False, "seed": self.seed, "version": __version__}
 

@@ -4,7 +4,8 @@
   equivariant fraction per subgroup) and a PNG of every soft layer's ``plot()``;
 * :func:`hardened_accuracy` — the test accuracy of the model after :func:`escnn_soft.harden`, and which subgroup
   each layer kept;
-* :func:`write_subgroup_report` — the per-layer × per-subgroup equivariance report (txt, json, png).
+* :func:`write_subgroup_report` — the per-layer × per-subgroup equivariance report (txt, json, png);
+* :func:`quarter_turn_mass` — where a rotation λ put its mass: the share near the quarter turns.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from escnn_soft.doublemnist.checkpoint import model_kwargs
 from escnn_soft.doublemnist.networks import build_model, method_summary
 from escnn_soft.doublemnist.training import evaluate
 
-__all__ = ["describe_degrees", "hardened_accuracy", "kept_subgroups", "write_subgroup_report"]
+__all__ = ["describe_degrees", "hardened_accuracy", "kept_subgroups", "quarter_turn_mass", "write_subgroup_report"]
 
 
 def write_subgroup_report(model: torch.nn.Module, test_images: torch.Tensor, out: Path, name: str):
@@ -84,3 +85,22 @@ def kept_subgroups(layers: dict[str, str]) -> str:
     for sub in layers.values():
         counts[sub] = counts.get(sub, 0) + 1
     return ", ".join(f"{sub} x{n}" for sub, n in counts.items())
+
+
+def quarter_turn_mass(history: dict[str, Any]) -> dict[str, float]:
+    """Per layer, the share of λ's last recorded rotation density within ±22.5° of a multiple of 90°.
+
+    ``history`` is :meth:`escnn_soft.metrics.LikelihoodHistory.to_dict`; with :math:`\\lambda(\\theta_i)` at equally
+    spaced angles the share is :math:`\\sum_{d(\\theta_i, 90°\\mathbb{Z}) < 22.5°} \\lambda(\\theta_i) / \\sum_i
+    \\lambda(\\theta_i)`: 0.5 for uniform λ, 1 for λ concentrated on C4. Layers on groups recorded without an
+    angle axis (finite groups, SO(3)/O(3)) are left out.
+    """
+    out = {}
+    for layer, rec in history["layers"].items():
+        density = rec["density"].get("rotations")
+        if not density or not rec["x_label"].startswith("angle"):
+            continue
+        angles, values = rec["x"], density[-1]
+        near = [v for a, v in zip(angles, values) if min(a % 90.0, 90.0 - a % 90.0) < 22.5]
+        out[layer] = sum(near) / sum(values) if sum(values) > 0 else float("nan")
+    return out

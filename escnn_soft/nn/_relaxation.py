@@ -319,19 +319,21 @@ class SoftConvBase(SteerableConv, SoftModule):
         """:meth:`SteerableConv._private_expansion`, with the block-sparse form :func:`expand_blocks` uses."""
         return factorize_(super()._private_expansion(gspace, in_type, out_type))
 
-    def _subgroup_expansion(self, out_type: FieldType | None = None) -> BlocksBasisExpansion:
-        """The steerable basis of the relaxed subgroup S between the restricted field types (to ``out_type``, a
-        selection of the layer's output fields, if given)."""
+    def _subgroup_expansion(self, out_type: FieldType | None = None, in_type: FieldType | None = None
+                            ) -> BlocksBasisExpansion:
+        """The steerable basis of the relaxed subgroup S between the restricted field types (from ``in_type`` to
+        ``out_type``, selections of the layer's input and output fields, if given)."""
         sid = self.relaxed_subgroup
         out_type = self.out_type if out_type is None else out_type
+        in_type = self._in_group_type if in_type is None else in_type
         try:
             gspace_s = self.space.restrict(sid)[0]
-            in_s, out_s = self._in_group_type.restrict(sid), out_type.restrict(sid)
+            in_s, out_s = in_type.restrict(sid), out_type.restrict(sid)
         except NotImplementedError:
             # a gspace that cannot restrict (escnn's octaOnR3), with S trivial: the trivial group's basis between
             # the channels; it spans the same band-limited filters as the restricted types would
             gspace_s = _trivial_gspace(self._dim)
-            in_s = FieldType(gspace_s, [gspace_s.trivial_repr] * self._in_group_type.size)
+            in_s = FieldType(gspace_s, [gspace_s.trivial_repr] * in_type.size)
             out_s = FieldType(gspace_s, [gspace_s.trivial_repr] * out_type.size)
         expansion = self._private_expansion(gspace_s, in_s, out_s)
         if expansion.dimension() == 0:

@@ -191,13 +191,17 @@ def _soft_layers(kind: str):
     if kind == "relaxed, bank_fraction 0.5":
         return (es.nn.RelaxedR2Conv(t[0], t[1], 3, bank_fraction=0.5),
                 es.nn.RelaxedR2Conv(t[1], t[2], 3, relaxed_subgroup=2, bank_fraction=0.5))
+    if kind == "relaxed, bank_in_fraction 0.5":   # the modulated convolution reads half of the input channels
+        return (es.nn.RelaxedR2Conv(t[0], t[1], 3, bank_in_fraction=0.5),
+                es.nn.RelaxedR2Conv(t[1], t[2], 3, relaxed_subgroup=2, bank_fraction=0.5, bank_in_fraction=0.5))
     if kind == "probabilistic":
         return es.nn.ProbabilisticR2Conv(t[0], t[1], 3), es.nn.ProbabilisticR2Conv(t[1], t[2], 3)
     lifting = es.nn.DSLiftingConv(enn.FieldType(g, [g.trivial_repr]), 3, 3)
     return lifting, es.nn.DSGroupConv(lifting.out_type, 2, 3)
 
 
-@pytest.mark.parametrize("kind", ["rpp", "rsteer", "relaxed", "relaxed, bank_fraction 0.5", "probabilistic", "ds"])
+@pytest.mark.parametrize("kind", ["rpp", "rsteer", "relaxed", "relaxed, bank_fraction 0.5",
+                                  "relaxed, bank_in_fraction 0.5", "probabilistic", "ds"])
 def test_soft_layers_get_structured_curvature(kind):
     """Every trained tensor of the soft layers gets a structured term (no dense fallback), the evidence is
     finite and differentiable w.r.t. the layers' hyperparameters."""
@@ -229,8 +233,11 @@ def test_soft_layers_get_structured_curvature(kind):
     kinds = {ev.params[t.param_index].name: type(t).__name__ for t in ev.curvature.terms}
     assert "DenseTerm" not in kinds.values(), kinds
     expected = {n: "BiasTerm" if n.endswith("bias") else "BlocksTerm" for n in kinds if n[:2] in ("a.", "b.")}
-    if kind.startswith("relaxed, bank"):
+    if kind == "relaxed, bank_fraction 0.5":
         assert {"a.bank_weights", "b.bank_weights"} <= set(kinds)
+    if kind == "relaxed, bank_in_fraction 0.5":   # layer a reads one input field: nothing to restrict there
+        assert model.a.bank_in_channels is None and model.b.bank_in_channels.numel() < model.b.in_type.size
+        assert "b.bank_weights" in kinds
     if kind == "rpp":
         expected["a.free_weights"] = "KronTerm"  # an unconstrained pathway: W = weights + free_weights
     assert {n: k for n, k in kinds.items() if n in expected} == expected

@@ -119,3 +119,22 @@ def test_bad_input_names_the_argument():
         history.record(model[0], 4)
     with pytest.raises(ValueError, match="n_angles=1"):
         LikelihoodHistory(n_angles=1)
+
+
+def test_quarter_turn_mass_is_a_half_for_uniform_lambda_and_the_analytic_share_for_one_plus_cos_four_theta():
+    from escnn_soft.doublemnist.reporting import quarter_turn_mass
+
+    model = _model(gspaces.rot2dOnR2(-1, maximum_frequency=4), "square", L=4)   # λ uniform at construction
+    history = LikelihoodHistory(n_angles=72)
+    history.record(model, 0)
+    record = history.to_dict()
+    assert quarter_turn_mass(record) == pytest.approx({"0": 0.5, "1": 0.5}, abs=1e-9)
+    # λ = 1 + cos 4θ: its exact share within ±22.5° of the quarter turns is 1/2 + 1/π; 72 samples give the
+    # midpoint-free Riemann sum, within 0.03 of it
+    theta = np.radians(record["layers"]["0"]["x"])
+    record["layers"]["0"]["density"]["rotations"][-1] = (1 + np.cos(4 * theta)).tolist()
+    shares = quarter_turn_mass(record)
+    assert shares["0"] == pytest.approx(0.5 + 1 / math.pi, abs=0.03) and shares["1"] == pytest.approx(0.5, abs=1e-9)
+    # an O(3) layer has no angle axis and is left out
+    record["layers"]["0"]["x_label"] = "rotation angle (degrees), mean over axes"
+    assert list(quarter_turn_mass(record)) == ["1"]

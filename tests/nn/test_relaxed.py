@@ -92,17 +92,18 @@ def test_bank_fields_take_the_first_share_of_every_field_type():
     assert bank_fields(t, 0.01) == [0, 3, 7]                 # at least one field of each type
 
 
-@pytest.mark.parametrize("fraction", [0.5, 0.1])
-def test_bank_fraction_matches_per_pixel_filters_and_keeps_the_subgroup(fraction):
-    """With bank_fraction < 1 the modulated filters R_1..R_L reach only bank_fields(...): the layer still computes
+@pytest.mark.parametrize("fraction, in_fraction", [(0.5, 1.0), (0.1, 1.0), (0.5, 0.5), (1.0, 0.2)])
+def test_bank_fraction_matches_per_pixel_filters_and_keeps_the_subgroup(fraction, in_fraction):
+    """With bank_fraction < 1 the modulated filters R_1..R_L reach only bank_fields(out_type, ...), with
+    bank_in_fraction < 1 they read only bank_fields(in_type, ...): the layer still computes
     y(u) = [K(u, .) * x](u) with K(u, .) = K_G + aR_0 + sum_l g_l(u) aR_l (R_l zero on the other channels), stays
     S-equivariant, exports exactly, and is the strict layer with zero relaxation."""
     torch.manual_seed(0)
     gs = gspace("D4")
-    in_type = enn.FieldType(gs, 2 * [gs.regular_repr])
+    in_type = enn.FieldType(gs, 2 * [gs.regular_repr] + [gs.trivial_repr] * 3)
     out_type = enn.FieldType(gs, [gs.trivial_repr] * 3 + [gs.irrep(1, 1)] * 4 + [gs.regular_repr] * 2)
     layer = es.nn.RelaxedR2Conv(in_type, out_type, 5, relaxed_subgroup=(None, 4), num_banks=2,
-                                bank_fraction=fraction).double()
+                                bank_fraction=fraction, bank_in_fraction=in_fraction).double()
     strict = layer.to_r2conv()
     x = random_input(layer, size=11)
     with torch.no_grad():
@@ -116,8 +117,18 @@ def test_bank_fraction_matches_per_pixel_filters_and_keeps_the_subgroup(fraction
             reached[out_type.fields_start[f]:out_type.fields_end[f]] = True
         assert layer.bank_weights.shape[0] == 2 and layer.bank_channels.tolist() == reached.nonzero()[:, 0].tolist()
         banks = layer._bank_filters()
-        assert banks[1:, ~reached].abs().max() == 0                       # zero off the reached channels
+        read = torch.zeros(in_type.size, dtype=torch.bool)
+        for f in bank_fields(in_type, in_fraction):
+            read[in_type.fields_start[f]:in_type.fields_end[f]] = True
+        assert (layer.bank_in_channels is None) == (in_fraction == 1) == bool(read.all())
+        if in_fraction < 1:
+            assert layer.bank_in_channels.tolist() == read.nonzero()[:, 0].tolist()
+            assert banks[1:, :, ~read].abs().max() == 0                   # zero off the read inputs
+        assert reached.all() == (fraction == 1)
+        if fraction < 1:
+            assert banks[1:, ~reached].abs().max() == 0                   # zero off the reached channels
         assert banks[1:, reached].abs().amax((0, 2, 3, 4)).min() > 0     # non-zero on every reached channel
+        assert banks[1:, :, read].abs().amax((0, 1, 3, 4)).min() > 0     # and from every read input
         gains = layer.gains(*y.shape[-2:])
         ref = torch.empty_like(y)
         for i in range(y.shape[-2]):
@@ -242,11 +253,14 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"amplitude: -0.5 .*positive"):
         es.nn.RelaxedR2Conv(in_type, out_type, 5, amplitude=-0.5)
     for fraction in (0, 1.5, True):
-        with pytest.raises(ValueError, match=rf"bank_fraction: {fraction!r} .*\(0, 1\]"):
-            es.nn.RelaxedR2Conv(in_type, out_type, 5, bank_fraction=fraction)
+        for name in ("bank_fraction", "bank_in_fraction"):
+            with pytest.raises(ValueError, match=rf"{name}: {fraction!r} .*\(0, 1\]"):
+                es.nn.RelaxedR2Conv(in_type, out_type, 5, **{name: fraction})
     reg = enn.FieldType(in_type.gspace, 2 * [in_type.gspace.regular_repr])
     with pytest.raises(ValueError, match=r"bank_fraction: 0.5 needs groups=1 \(got groups=2\)"):
         es.nn.RelaxedR2Conv(reg, reg, 3, groups=2, bank_fraction=0.5)
+    with pytest.raises(ValueError, match=r"bank_in_fraction: 0.5 needs groups=1 \(got groups=2\)"):
+        es.nn.RelaxedR2Conv(reg, reg, 3, groups=2, bank_in_fraction=0.5)
     layer = es.nn.RelaxedR2Conv(in_type, out_type, 5)
     with pytest.raises(ValueError, match=r"input: its field type"):
         layer(out_type(torch.randn(1, out_type.size, 9, 9)))

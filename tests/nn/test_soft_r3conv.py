@@ -175,14 +175,18 @@ def test_laplace_evidence_is_structured_and_differentiable(cls):
         assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)
 
 
-def test_relaxed_bank_fraction_in_3d_keeps_the_subgroup_and_exports():
-    """bank_fraction < 1 on O(3) relaxed over SO(3): the modulated filters reach one of two copies of each field,
-    the layer stays SO(3)-equivariant on the grid, breaks the inversion and exports exactly."""
+@pytest.mark.parametrize("in_fraction", [1.0, 0.5])
+def test_relaxed_bank_fraction_in_3d_keeps_the_subgroup_and_exports(in_fraction):
+    """bank_fraction < 1 on O(3) relaxed over SO(3): the modulated filters reach one of two copies of each field
+    (and with bank_in_fraction=0.5 read one of two), the layer stays SO(3)-equivariant on the grid, breaks the
+    inversion and exports exactly."""
     torch.manual_seed(0)
     t = vector("O3")
     t2 = enn.FieldType(t.gspace, 2 * t.representations)
-    layer = RelaxedR3Conv(t2, t2, 3, padding=1, relaxed_subgroup="so3", bank_fraction=0.5).double()
+    layer = RelaxedR3Conv(t2, t2, 3, padding=1, relaxed_subgroup="so3", bank_fraction=0.5,
+                          bank_in_fraction=in_fraction).double()
     assert layer.bank_channels.numel() == t.size
+    assert (layer.bank_in_channels is None) if in_fraction == 1 else layer.bank_in_channels.numel() == t.size
     with torch.no_grad():
         layer.relaxed_weights.normal_(0, 1)
         layer.bank_weights.normal_(0, 1)
