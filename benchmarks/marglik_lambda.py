@@ -48,6 +48,7 @@ from escnn_soft.laplace import refresh_batchnorm
 from escnn_soft.metrics import LikelihoodHistory
 from escnn_soft.models import build_model
 from escnn_soft.nn.base import SoftModule
+from escnn_soft.ordering import optimizer_state_by_name, restore_optimizer_state
 
 HERE = Path(__file__).resolve().parent
 MODES = ("task", "reg", "evidence", "evidence_cos")
@@ -114,51 +115,79 @@ def backfill(out: Path) -> None:
 
 
 def run_cell(symmetry: str, mode: str, seed: int, args: argparse.Namespace) -> dict:
+    """Train one cell; after every epoch its state goes to ``runs/<out name>/<cell>.partial.pt``, from which a new
+    process continues (the same run as an uninterrupted one: weights, optimiser state by parameter name, the
+    evidence's state, the shuffling generator and the global RNG are restored)."""
     torch.manual_seed(seed)
     kw = {"symmetry": symmetry, "n_images": args.n_images, "seed": seed}
     train, test = DoubleMNIST(split="train", **kw), DoubleMNIST(split="test", **kw)
     model = _build(args)
+    weights = HERE.parent / "runs" / Path(args.out).name  # runs/ is not committed
+    weights.mkdir(parents=True, exist_ok=True)
+    partial = weights / f"{symmetry}_{mode}_s{seed}.partial.pt"
+    saved = torch.load(partial, map_location="cpu", weights_only=True) if partial.is_file() else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        torch.set_rng_state(saved["rng"])
+        print(f"{partial.name}: resuming after epoch {saved['epoch']}", flush=True)
+    spent = saved["seconds"] if saved is not None else 0.0
     t0 = time.time()
+
+    def checkpoint(epoch: int, **state: object) -> None:
+        tmp = partial.with_suffix(".tmp")
+        torch.save({"epoch": epoch, "model": model.state_dict(), "rng": torch.get_rng_state(),
+                    "seconds": spent + time.time() - t0, **state}, tmp)
+        tmp.replace(partial)
+
     extra: dict = {}
     if mode.startswith("evidence"):
         from escnn_soft.laplace import marglik_training
 
-        data = DataLoader(train, batch_size=args.batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(seed))
+        shuffle = torch.Generator().manual_seed(seed)
+        if saved is not None:
+            shuffle.set_state(saved["shuffle"])
+        data = DataLoader(train, batch_size=args.batch_size, shuffle=True, generator=shuffle)
         model, hist = marglik_training(model, data, n_epochs=args.epochs, lr=args.lr, lr_hyp=args.lr_hyp,
                                        n_epochs_burnin=args.epochs // 2, marglik_frequency=1,
                                        n_hypersteps=args.hypersteps, marglik_batch_size=args.marglik_batch,
                                        hyperparameters="likelihoods", stochastic=True, progress=False, seed=seed,
                                        lr_schedule=(lambda e: cosine_lr(1.0, e, args.epochs)) if mode == "evidence_cos"
-                                       else None)
+                                       else None,
+                                       on_epoch_end=lambda e, state: checkpoint(e, evidence=state,
+                                                                                 shuffle=shuffle.get_state()),
+                                       resume=saved["evidence"] if saved is not None else None)
         extra = {"marglik": hist["marglik"], "train_loss": hist["loss"],
                  "per_layer": [{k: r[k] for k in ("name", "n_params", "prior_precision", "log_det_ratio", "scatter",
                                                   "contribution")} for r in hist["per_layer"][-1]]}
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-        losses = []
-        for epoch in range(args.epochs):
+        losses = saved["losses"] if saved is not None else []
+        if saved is not None:
+            restore_optimizer_state(optimizer, model, saved, partial)
+        for epoch in range(saved["epoch"] if saved is not None else 0, args.epochs):
             set_lr(optimizer, cosine_lr(args.lr, epoch, args.epochs))
             train.set_epoch(epoch)
             loader = DataLoader(train, batch_size=args.batch_size, shuffle=True,
                                 generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
             losses.append(train_epoch(model, loader, optimizer, torch.device("cpu"), regularize=mode == "reg",
                                       progress=False)["loss"])
+            checkpoint(epoch + 1, losses=losses, optimizer_by_name=optimizer_state_by_name(optimizer, model))
         extra = {"train_loss": losses}
     test_loader = DataLoader(test, batch_size=256)
     stale = evaluate(model, test_loader, torch.device("cpu"))["accuracy"]
     train.set_epoch(args.epochs - 1)
     refresh_batchnorm(model, DataLoader(train, batch_size=args.batch_size))
     test_stats = evaluate(model, test_loader, torch.device("cpu"))
-    weights = HERE.parent / "runs" / Path(args.out).name  # runs/ is not committed
-    weights.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), weights / f"{symmetry}_{mode}_s{seed}.pt")
-    return {"symmetry": symmetry, "mode": mode, "seed": seed, "test_accuracy": test_stats["accuracy"],
+    cell = {"symmetry": symmetry, "mode": mode, "seed": seed, "test_accuracy": test_stats["accuracy"],
             "test_accuracy_before_bn_refresh": stale,
-            "seconds": round(time.time() - t0, 1), "degrees": _degrees(model),
+            "seconds": round(spent + time.time() - t0, 1), **({"resumed": True} if saved is not None else {}),
+            "degrees": _degrees(model),
             "quarter_turn_mass": _mass(model, Path(args.out) / f"{symmetry}_{mode}_s{seed}_lambda.png"), **extra,
             "config": {k: getattr(args, k) for k in ("n_images", "epochs", "arch", "width", "width_multiplier", "L", "lr",
                                                      "lr_hyp", "batch_size", "hypersteps", "marglik_batch")}}
+    partial.unlink(missing_ok=True)
+    return cell
 
 
 def _fmt(values: list[float]) -> str:

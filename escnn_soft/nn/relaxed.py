@@ -413,7 +413,7 @@ class _RelaxedConv(SoftConvBase):
             k0, kb, bias = self._cached(self._filter_cache, lambda: (*self._partial_filters(), self.strict_bias()))
             y0 = self._conv(input.tensor, k0, None)
             x = input.tensor if self.bank_in_channels is None else input.tensor.index_select(1, self.bank_in_channels)
-            # the narrow modulated convolution in channels-last layout: measured 1.2-2.3x faster on CPU (oneDNN,
+            # the narrow modulated convolution in channels-last layout: measured 1.0-2.1x faster on CPU (oneDNN,
             # forward + backward) than in the default layout (results_3d.md); the result is the same
             x = x.contiguous(memory_format=torch.channels_last if self._dim == 2 else torch.channels_last_3d)
             out = _combine_partial(y0, self._conv(x, kb, None), self._cached_gains(*y0.shape[2:]),
