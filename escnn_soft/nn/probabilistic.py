@@ -101,10 +101,6 @@ class _Pathway(torch.nn.Module):
                 self.register_buffer(f"in_idx_{k}", in_idx)
                 n = out_idx.shape[0] * in_idx.shape[0] * d * basis.shape[0]
                 self._pairs.append((start, out_idx.shape[0], in_idx.shape[0], basis.shape[0], k))
-                # where the pair's kernels (n_out, n_in, o, a, P) sit in the flattened (c_out, c_in, P) filter
-                rows = out_idx[:, None, :, None] * self.c_in + in_idx[None, :, None, :]   # (n_out, n_in, o, a)
-                self.register_buffer(f"flat_index_{k}", (rows[..., None] * self.n_points
-                                                         + torch.arange(self.n_points)).reshape(-1), persistent=False)
                 start += n
         self.weights = torch.nn.Parameter(torch.zeros(start))
         if initialize:
@@ -131,21 +127,21 @@ class _Pathway(torch.nn.Module):
                         contracted.reshape(self.size * n_b, basis.shape[1], -1)))
         return out
 
-    def add_to(self, flat: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        """``flat`` (a flattened ``(c_out, c_in, P)`` filter) plus :math:`k_\\psi` for the Fourier matrix ``lam`` =
-        :math:`\\hat\\Lambda(\\psi)`, added in place, block by block, in the kernels' own memory order (an
+    def add_to(self, filt: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """``filt`` (``(c_out, c_in, P)``) plus :math:`k_\\psi` for the Fourier matrix ``lam`` =
+        :math:`\\hat\\Lambda(\\psi)`, accumulated in place block by block, in the kernels' own memory order (an
         out-of-place scatter per block copied the whole filter, forward and backward)."""
-        for (s0, out_idx, in_idx, basis), (*_, k) in zip(self.blocks(lam), self._pairs):
-            n_k = basis.shape[0]
-            w = self.weights[s0:s0 + out_idx.shape[0] * in_idx.shape[0] * n_k].view(-1, n_k)
-            kernels = w @ basis.reshape(n_k, -1)   # (n_out n_in, o a P), contiguous
-            flat.index_add_(0, getattr(self, f"flat_index_{k}"), kernels.reshape(-1).to(flat.dtype))  # may autocast
-        return flat
+        for s0, out_idx, in_idx, basis in self.blocks(lam):
+            (n_out, o), (n_in, a), n_k = out_idx.shape, in_idx.shape, basis.shape[0]
+            w = self.weights[s0:s0 + n_out * n_in * n_k].view(n_out * n_in, n_k)
+            kernels = (w @ basis.reshape(n_k, -1)).view(n_out, n_in, o, a, -1)
+            filt.index_put_((out_idx[:, None, :, None], in_idx[None, :, None, :]), kernels.to(filt.dtype),
+                            accumulate=True)  # .to: matmul may run in an autocast dtype
+        return filt
 
     def forward(self, lam: torch.Tensor) -> torch.Tensor:
         """:math:`k_\\psi`, shape ``(c_out, c_in, P)``, for the Fourier matrix ``lam`` = :math:`\\hat\\Lambda(\\psi)`."""
-        flat = self.weights.new_zeros(self.c_out * self.c_in * self.n_points)
-        return self.add_to(flat, lam).view(self.c_out, self.c_in, self.n_points)
+        return self.add_to(self.weights.new_zeros(self.c_out, self.c_in, self.n_points), lam)
 
 
 _TENSOR_REPRESENTATIONS: dict[tuple[Any, str, tuple], Any] = {}
@@ -211,7 +207,7 @@ class _ProbabilisticFilter(StrictSteerable, SoftModule):
         if len(self.pathways) == 0:
             return filt, bias
         coeffs = self.likelihood.fourier_coefficients()
-        flat = filt.reshape(-1).clone()
+        flat = filt.reshape(filt.shape[0], filt.shape[1], -1).clone()
         for pathway in self.pathways:
             pathway.add_to(flat, coeffs[pathway.irrep_id])
         return flat.view_as(filt), bias
