@@ -19,8 +19,9 @@ of the previous filters the evidence model's test accuracy collapsed (C4: 0.05; 
 ``test_accuracy_before_bn_refresh``).
 
 Every cell (symmetry, mode, seed) writes ``<out>/<symmetry>_<mode>_s<seed>.json`` (and its weights to
-``runs/<out name>/``, not committed) when it finishes, so an
-interrupted run continues where it stopped (finished cells are skipped); ``--report-only`` writes the table
+``runs/<out name>/``, not committed) when it finishes, and its state after every epoch to
+``runs/<out name>/<cell>.partial.pt``, so an interrupted run continues where it stopped, in a new process (finished
+cells are skipped, a started one resumes after its last epoch and equals an uninterrupted run); ``--report-only`` writes the table
 ``benchmarks/results_marglik.md`` (``results_marglik_medium.md`` for ``--scale medium``; ``<out>/results.md`` for
 another ``--out``) from whatever cells exist. A cell records, per layer, the equivariant fraction per subgroup and
 where λ put its mass (the share within ±22.5° of the quarter turns, and λ over the angle per layer as
