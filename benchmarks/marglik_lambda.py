@@ -74,7 +74,8 @@ def _mass(model: torch.nn.Module, png: Path) -> dict[str, float]:
 
     history = LikelihoodHistory()
     history.record(model, 0)
-    layers = history.to_dict()["layers"]
+    recorded = history.to_dict()
+    layers = recorded["layers"]
     fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers), 2.4), sharey=True, squeeze=False)
     for ax, (name, rec) in zip(axes[0], layers.items()):
         ax.plot(rec["x"], rec["density"]["rotations"][-1])
@@ -87,7 +88,7 @@ def _mass(model: torch.nn.Module, png: Path) -> dict[str, float]:
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     plt.close(fig)
-    return {k: round(v, 4) for k, v in quarter_turn_mass(history.to_dict()).items()}
+    return {k: round(v, 4) for k, v in quarter_turn_mass(recorded).items()}
 
 
 def _build(args: argparse.Namespace | dict) -> torch.nn.Module:

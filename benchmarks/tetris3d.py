@@ -12,8 +12,9 @@ network (the same weights shape, zero relaxation / uniform λ) and may learn to 
 
 ``--lambda-by evidence`` trains the probabilistic network's λ by the Laplace evidence instead
 (:func:`escnn_soft.laplace.marglik_training`, ``hyperparameters="likelihoods"``, the regularisers off, the evidence
-fitted on the whole training set; the tensor-product non-linearities' weights stay point estimates): the question is whether the Occam factor prefers the λ that keeps SO(3) (uniform
-on the rotations, zero on the reflections) where the paper's alignment/KL terms do not.
+fitted on a random subset of ``--marglik-batch`` training samples per λ step; the tensor-product non-linearities'
+weights stay point estimates): the question is whether the Occam factor prefers the λ that keeps SO(3) (uniform on
+the rotations, zero on the reflections) where the paper's alignment/KL terms do not.
 
 Network: three steerable conv blocks (kernels 5, 3, 3) with batch norm and a non-linearity, a 1x1 conv to
 invariant scalar fields, global average pooling, a linear classifier. ``--act tensor`` (default): fields of one
@@ -173,7 +174,8 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
         # escnn's TensorProductModule has no Laplace support: its quadratic map's weights stay point estimates
         model, hist = marglik_training(model, loader, n_epochs=epochs, lr=lr, lr_hyp=lr_hyp,
                                        n_epochs_burnin=epochs // 4, marglik_frequency=max(1, epochs // 12),
-                                       n_hypersteps=5, marglik_batch_size=marglik_batch, hyperparameters="likelihoods", progress=False, seed=seed,
+                                       n_hypersteps=5, marglik_batch_size=marglik_batch,
+                                       hyperparameters="likelihoods", progress=False, seed=seed,
                                        exclude=(*DEFAULT_EXCLUDED, enn.TensorProductModule))
         extra = {"lambda_by": "evidence", "lr_hyp": lr_hyp, "marglik_batch": marglik_batch, "marglik": hist["marglik"]}
         # the last λ step follows the last epoch: re-estimate the batch-norm statistics at the final filters

@@ -48,6 +48,11 @@ def bank_fields(field_type: FieldType, fraction: float) -> list[int]:
     return fields
 
 
+def _field_channels(field_type: FieldType, fields: list[int]) -> list[int]:
+    """The channels of ``fields`` (indices into ``field_type``), in order."""
+    return [c for f in fields for c in range(field_type.fields_start[f], field_type.fields_end[f])]
+
+
 def position_features(height: int, width: int, frequencies: torch.Tensor, phases: torch.Tensor,
                       log_lengthscale: torch.Tensor, matrices: torch.Tensor | None) -> torch.Tensor:
     """:func:`position_features_nd` on a planar ``(height, width)`` output grid."""
@@ -282,14 +287,13 @@ class _RelaxedConv(SoftConvBase):
                                                               self._relaxation_expansion.dimension()))
         if partial:
             self.bank_weights = torch.nn.Parameter(torch.zeros(num_banks, self._bank_expansion.dimension()))
-            channels = [c for f in fields for c in range(out_type.fields_start[f], out_type.fields_end[f])]
-            self.register_buffer("bank_channels", torch.tensor(channels, dtype=torch.long), persistent=False)
+            self.register_buffer("bank_channels", torch.tensor(_field_channels(out_type, fields), dtype=torch.long),
+                                 persistent=False)
         else:
             self.register_parameter("bank_weights", None)
             self.register_buffer("bank_channels", None, persistent=False)
-        in_channels = [c for f in in_fields for c in range(in_type.fields_start[f], in_type.fields_end[f])]
-        self.register_buffer("bank_in_channels", torch.tensor(in_channels, dtype=torch.long) if partial_in else None,
-                             persistent=False)
+        self.register_buffer("bank_in_channels", torch.tensor(_field_channels(in_type, in_fields), dtype=torch.long)
+                             if partial_in else None, persistent=False)
         self.bank_coefficients = torch.nn.Parameter(torch.randn(num_banks, num_features))
         self.log_amplitude = torch.nn.Parameter(torch.tensor(log_a),
                                                 requires_grad=learn_hyperparameters and math.isfinite(log_a))
