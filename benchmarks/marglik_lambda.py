@@ -5,6 +5,7 @@ grid read-out) on C1, C4 and SO2 data, three ways of training λ:
 
 * ``task``: λ is trained with the weights by the cross-entropy alone (α_align = α_KL = 0);
 * ``reg``: the paper's recipe, cross-entropy + 5·alignment + 3·KL (``escnn-soft train``'s default);
+* ``reg_align``: the alignment term alone (α_align = 5, α_KL = 0), to tell which regulariser holds λ uniform;
 * ``evidence``: :func:`escnn_soft.laplace.marglik_training` with ``hyperparameters="likelihoods"``: λ is not
   trained by the loss at all, only by Adam steps on the Laplace evidence (with the layer-wise prior
   precisions), no alignment/KL term. Burn-in for half the epochs, then every epoch 5 hyperparameter steps on
@@ -34,6 +35,7 @@ where λ put its mass (the share within ±22.5° of the quarter turns, and λ ov
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -50,9 +52,12 @@ from escnn_soft.metrics import LikelihoodHistory
 from escnn_soft.models import build_model
 from escnn_soft.nn.base import SoftModule
 from escnn_soft.ordering import optimizer_state_by_name, restore_optimizer_state
+from escnn_soft.regularization import regularization_loss
 
 HERE = Path(__file__).resolve().parent
-MODES = ("task", "reg", "evidence", "evidence_cos")
+MODES = ("task", "reg", "reg_align", "evidence", "evidence_cos")
+#: the regulariser of each loss-trained mode (``task``: none)
+REGULARIZERS = {"reg": regularization_loss, "reg_align": functools.partial(regularization_loss, kl_weight=0.0)}
 SYMMETRIES = ("C1", "C4", "SO2")
 SUBGROUPS = ("C2", "C4", "SO2")
 
@@ -171,8 +176,8 @@ def run_cell(symmetry: str, mode: str, seed: int, args: argparse.Namespace) -> d
             train.set_epoch(epoch)
             loader = DataLoader(train, batch_size=args.batch_size, shuffle=True,
                                 generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-            losses.append(train_epoch(model, loader, optimizer, torch.device("cpu"), regularize=mode == "reg",
-                                      progress=False)["loss"])
+            losses.append(train_epoch(model, loader, optimizer, torch.device("cpu"), regularize=mode in REGULARIZERS,
+                                      progress=False, regularizer=REGULARIZERS.get(mode, regularization_loss))["loss"])
             checkpoint(epoch + 1, losses=losses, optimizer_by_name=optimizer_state_by_name(optimizer, model))
         extra = {"train_loss": losses}
     test_loader = DataLoader(test, batch_size=256)

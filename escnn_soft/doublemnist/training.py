@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -30,8 +31,11 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def train_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                 device: torch.device, regularize: bool = True, desc: str = "train",
-                progress: bool = True) -> dict[str, float]:
-    """One epoch of cross-entropy training plus :func:`escnn_soft.regularization_loss` (if ``regularize``).
+                progress: bool = True,
+                regularizer: Callable[[torch.nn.Module], torch.Tensor] = regularization_loss) -> dict[str, float]:
+    """One epoch of cross-entropy training plus ``regularizer(model)`` (if ``regularize``; default
+    :func:`escnn_soft.regularization_loss` with the paper's weights, e.g. ``functools.partial(regularization_loss,
+    kl_weight=0)`` for the alignment term alone).
 
     ``model`` may be wrapped in ``DistributedDataParallel``; the returned statistics are then those of the
     whole epoch over every rank's shard (summed over the ranks)."""
@@ -42,7 +46,7 @@ def train_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.opt
         optimizer.zero_grad(set_to_none=True)
         logits = model(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
-        reg = regularization_loss(model) if regularize else loss.new_zeros(())
+        reg = regularizer(model) if regularize else loss.new_zeros(())
         (loss + reg).backward()
         optimizer.step()
         total += len(y)
