@@ -157,7 +157,8 @@ def plot_likelihoods(model: torch.nn.Module, prefix: str) -> list[str]:
 def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, lr: float, tol: float,
         threshold: float = 0.99, plot_dir: str | None = None, size: int = 11, scale: float = 2.0,
         width: tuple[int, int, int] = (4, 4, 16), act: str = "tensor", lambda_by: str = "regularisers",
-        lr_hyp: float = 0.05, marglik_batch: int = 64, relaxed_kwargs: dict | None = None) -> dict:
+        lr_hyp: float = 0.05, marglik_batch: int = 64, relaxed_kwargs: dict | None = None,
+        align_weight: float = 5.0, kl_weight: float = 3.0) -> dict:
     torch.manual_seed(seed)
     train = Tetris3D("train", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
     test = Tetris3D("test", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
@@ -187,7 +188,8 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
             model.train()
             for x, y in loader:
                 opt.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.cross_entropy(model(x), y) + es.regularization_loss(model)
+                loss = torch.nn.functional.cross_entropy(model(x), y) + es.regularization_loss(
+                    model, align_weight=align_weight, kl_weight=kl_weight)
                 loss.backward()
                 opt.step()
     trained = time.perf_counter() - start
@@ -197,7 +199,10 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
             "test_accuracy": acc, "chiral_pair_accuracy": pair, "build_s": built, "train_s": trained,
             "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "layers": kept_subgroups(model, tol, threshold), **extra,
-            **({"relaxed_kwargs": relaxed_kwargs} if method == "relaxed" and relaxed_kwargs else {})}
+            **({"relaxed_kwargs": relaxed_kwargs} if method == "relaxed" and relaxed_kwargs else {}),
+            **({"align_weight": align_weight, "kl_weight": kl_weight}
+               if method == "probabilistic" and lambda_by == "regularisers" and (align_weight, kl_weight) != (5.0, 3.0)
+               else {})}
 
 
 def table(rows: list[dict]) -> str:
@@ -234,6 +239,10 @@ def main() -> None:
     parser.add_argument("--lambda-by", default="regularisers", choices=["regularisers", "evidence"],
                         help="probabilistic: λ trained with the paper's regularisers (default) or by the Laplace "
                              "evidence (marglik_training, regularisers off)")
+    parser.add_argument("--align-weight", type=float, default=5.0,
+                        help="--lambda-by regularisers: α_align of es.regularization_loss (paper: 5)")
+    parser.add_argument("--kl-weight", type=float, default=3.0,
+                        help="--lambda-by regularisers: α_KL of es.regularization_loss (paper: 3)")
     parser.add_argument("--lr-hyp", type=float, default=0.05, help="--lambda-by evidence: Adam lr of λ")
     parser.add_argument("--marglik-batch", type=int, default=64,
                         help="--lambda-by evidence: samples per evidence estimate (5 λ steps every epochs/12 "
@@ -250,7 +259,8 @@ def main() -> None:
         for method in args.methods:
             rows.append(run(method, rotations, args.epochs, args.n_per_class, args.seed, args.lr, args.tol,
                             args.threshold, args.plot_dir, args.size, args.scale, tuple(args.width),
-                            args.act, args.lambda_by, args.lr_hyp, args.marglik_batch, relaxed_kwargs))
+                            args.act, args.lambda_by, args.lr_hyp, args.marglik_batch, relaxed_kwargs,
+                            args.align_weight, args.kl_weight))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
     if args.out:
