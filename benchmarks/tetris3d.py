@@ -8,7 +8,9 @@ network (the same weights shape, zero relaxation / uniform λ) and may learn to 
 
 * ``probabilistic`` — every R3Conv a :class:`~escnn_soft.nn.ProbabilisticR3Conv` with λ over O(3);
 * ``relaxed`` — every R3Conv a :class:`~escnn_soft.nn.RelaxedR3Conv` relaxed over SO(3)
-  (``relaxed_subgroup='so3'``: the relaxation may break reflections, never rotations).
+  (``relaxed_subgroup='so3'``: the relaxation may break reflections, never rotations; told the answer);
+* ``relaxed-trivial`` — the same relaxed over the trivial group (``relaxed_subgroup=None``): the relaxation may
+  break rotations and reflections alike, so whether it keeps SO(3) is found from the data, as for λ.
 
 ``--lambda-by evidence`` trains the probabilistic network's λ by the Laplace evidence instead
 (:func:`escnn_soft.laplace.marglik_training`, ``hyperparameters="likelihoods"``, the regularisers off, the evidence
@@ -33,7 +35,7 @@ probabilistic layer's ``equivariant_fraction`` at least ``--threshold`` (default
 
 Usage::
 
-    python benchmarks/tetris3d.py [--rotations octa so3] [--methods strict-O3 strict-SO3 probabilistic relaxed]
+    python benchmarks/tetris3d.py [--rotations octa so3] [--methods strict-O3 strict-SO3 probabilistic relaxed relaxed-trivial]
         [--epochs 15] [--n-per-class 48] [--seed 0] [--out benchmarks/results_3d_tetris.json]
 """
 from __future__ import annotations
@@ -50,7 +52,7 @@ from escnn.group import directsum
 import escnn_soft as es
 from escnn_soft.data import Tetris3D
 
-METHODS = ("strict-O3", "strict-SO3", "probabilistic", "relaxed")
+METHODS = ("strict-O3", "strict-SO3", "probabilistic", "relaxed", "relaxed-trivial")
 #: O(3) subgroups of degree(), largest first
 O3_ORDER = ("O3", "SO3", "full_octahedral", "octahedral")
 
@@ -108,8 +110,9 @@ def build(method: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int 
     net = TetrisNet("O3", **kw)
     if method == "probabilistic":
         es.soften(net, method="probabilistic")
-    elif method == "relaxed":
-        es.soften(net, method="relaxed", relaxed_subgroup="so3", **(relaxed_kwargs or {}))
+    elif method in ("relaxed", "relaxed-trivial"):
+        es.soften(net, method="relaxed", relaxed_subgroup="so3" if method == "relaxed" else None,
+                  **(relaxed_kwargs or {}))
     return net
 
 
@@ -199,7 +202,7 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
             "test_accuracy": acc, "chiral_pair_accuracy": pair, "build_s": built, "train_s": trained,
             "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "layers": kept_subgroups(model, tol, threshold), **extra,
-            **({"relaxed_kwargs": relaxed_kwargs} if method == "relaxed" and relaxed_kwargs else {}),
+            **({"relaxed_kwargs": relaxed_kwargs} if method.startswith("relaxed") and relaxed_kwargs else {}),
             **({"align_weight": align_weight, "kl_weight": kl_weight}
                if method == "probabilistic" and lambda_by == "regularisers" and (align_weight, kl_weight) != (5.0, 3.0)
                else {})}
