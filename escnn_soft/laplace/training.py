@@ -88,7 +88,9 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
         marglik_frequency: epochs between hyperparameter updates (F).
         n_hypersteps: Adam steps on the hyperparameters per update (n).
         marglik_batch_size: ``None`` fits the evidence on the whole training set; an integer fits it on a
-            random subset of that size for every hyperparameter step (a stochastic estimate).
+            random subset of that size for every hyperparameter step (a stochastic estimate). With hyperparameters
+            inside the network the fit keeps the graph of every sample, so memory grows about linearly with it
+            (docs/laplace.md gives measured sizes).
         extra_loss: added to the training loss (e.g. ``escnn_soft.regularization_loss``).
         progress: tqdm bar over epochs.
         seed: seeds the subset draws (``None``: torch's global generator).
