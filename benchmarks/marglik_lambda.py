@@ -157,6 +157,7 @@ def run_cell(symmetry: str, mode: str, seed: int, args: argparse.Namespace) -> d
         model, hist = marglik_training(model, data, n_epochs=args.epochs, lr=args.lr, lr_hyp=args.lr_hyp,
                                        n_epochs_burnin=args.epochs // 2, marglik_frequency=1,
                                        n_hypersteps=args.hypersteps, marglik_batch_size=args.marglik_batch,
+                                       low_memory=args.low_memory,
                                        hyperparameters="likelihoods", stochastic=True, progress=False, seed=seed,
                                        lr_schedule=(lambda e: cosine_lr(1.0, e, args.epochs)) if mode == "evidence_cos"
                                        else None,
@@ -334,6 +335,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--hypersteps", type=int, default=5)
     p.add_argument("--marglik-batch", type=int, default=128)
+    p.add_argument("--low-memory", action="store_true",
+                   help="evidence cells: two-pass evidence gradients (marglik_training(low_memory=True)): the same "
+                        "steps, memory of one batch instead of the whole --marglik-batch subset")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="cells folder (default marglik_lambda/, or marglik_lambda_medium/)")
     p.add_argument("--report-only", action="store_true")

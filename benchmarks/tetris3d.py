@@ -6,7 +6,10 @@ O(3)-invariant network gives a piece and its mirror image the same output, so st
 the chiral pair (at most 7/8 accuracy); strict SO(3) can. The soft O(3) networks start as the strict O(3)
 network (the same weights shape, zero relaxation / uniform λ) and may learn to break the reflections:
 
-* ``probabilistic`` — every R3Conv a :class:`~escnn_soft.nn.ProbabilisticR3Conv` with λ over O(3);
+* ``probabilistic`` — every R3Conv a :class:`~escnn_soft.nn.ProbabilisticR3Conv` with λ over O(3), band limit
+  ``--lambda-L`` (default 2; ``--lambda-L 0`` leaves λ only the trivial and the determinant irrep,
+  λ(h) = 1 + c·det h: every such λ is SO(3)-invariant, so the layer may break reflections, never rotations —
+  the probabilistic counterpart of ``relaxed``, told the answer through λ's family);
 * ``relaxed`` — every R3Conv a :class:`~escnn_soft.nn.RelaxedR3Conv` relaxed over SO(3)
   (``relaxed_subgroup='so3'``: the relaxation may break reflections, never rotations; told the answer);
 * ``relaxed-trivial`` — the same relaxed over the trivial group (``relaxed_subgroup=None``): the relaxation may
@@ -103,13 +106,13 @@ class TetrisNet(torch.nn.Module):
 
 
 def build(method: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int = 16, act: str = "tensor",
-          relaxed_kwargs: dict | None = None) -> torch.nn.Module:
+          relaxed_kwargs: dict | None = None, lambda_L: int = 2) -> torch.nn.Module:
     kw = {"n_scalars": n_scalars, "n_vectors": n_vectors, "n_invariant": n_invariant, "act": act}
     if method == "strict-SO3":
         return TetrisNet("SO3", **kw)
     net = TetrisNet("O3", **kw)
     if method == "probabilistic":
-        es.soften(net, method="probabilistic")
+        es.soften(net, method="probabilistic", L=lambda_L)
     elif method in ("relaxed", "relaxed-trivial"):
         es.soften(net, method="relaxed", relaxed_subgroup="so3" if method == "relaxed" else None,
                   **(relaxed_kwargs or {}))
@@ -161,12 +164,12 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
         threshold: float = 0.99, plot_dir: str | None = None, size: int = 11, scale: float = 2.0,
         width: tuple[int, int, int] = (4, 4, 16), act: str = "tensor", lambda_by: str = "regularisers",
         lr_hyp: float = 0.05, marglik_batch: int = 64, relaxed_kwargs: dict | None = None,
-        align_weight: float = 5.0, kl_weight: float = 3.0) -> dict:
+        align_weight: float = 5.0, kl_weight: float = 3.0, lambda_L: int = 2, low_memory: bool = False) -> dict:
     torch.manual_seed(seed)
     train = Tetris3D("train", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
     test = Tetris3D("test", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
     start = time.perf_counter()
-    model = build(method, *width, act=act, relaxed_kwargs=relaxed_kwargs)
+    model = build(method, *width, act=act, relaxed_kwargs=relaxed_kwargs, lambda_L=lambda_L)
     built = time.perf_counter() - start
     loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True,
                                          generator=torch.Generator().manual_seed(seed))
@@ -178,7 +181,7 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
         # escnn's TensorProductModule has no Laplace support: its quadratic map's weights stay point estimates
         model, hist = marglik_training(model, loader, n_epochs=epochs, lr=lr, lr_hyp=lr_hyp,
                                        n_epochs_burnin=epochs // 4, marglik_frequency=max(1, epochs // 12),
-                                       n_hypersteps=5, marglik_batch_size=marglik_batch,
+                                       n_hypersteps=5, marglik_batch_size=marglik_batch, low_memory=low_memory,
                                        hyperparameters="likelihoods", progress=False, seed=seed,
                                        exclude=(*DEFAULT_EXCLUDED, enn.TensorProductModule))
         extra = {"lambda_by": "evidence", "lr_hyp": lr_hyp, "marglik_batch": marglik_batch, "marglik": hist["marglik"]}
@@ -203,6 +206,7 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
             "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "layers": kept_subgroups(model, tol, threshold), **extra,
             **({"relaxed_kwargs": relaxed_kwargs} if method.startswith("relaxed") and relaxed_kwargs else {}),
+            **({"lambda_L": lambda_L} if method == "probabilistic" and lambda_L != 2 else {}),
             **({"align_weight": align_weight, "kl_weight": kl_weight}
                if method == "probabilistic" and lambda_by == "regularisers" and (align_weight, kl_weight) != (5.0, 3.0)
                else {})}
@@ -250,6 +254,11 @@ def main() -> None:
     parser.add_argument("--marglik-batch", type=int, default=64,
                         help="--lambda-by evidence: samples per evidence estimate (5 λ steps every epochs/12 "
                              "epochs after a burn-in of epochs/4)")
+    parser.add_argument("--lambda-L", type=int, default=2,
+                        help="probabilistic: band limit of λ over O(3) (0: λ = 1 + c·det h, reflections only)")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="--lambda-by evidence: two-pass evidence gradients (marglik_training(low_memory=True)), "
+                             "the memory of one batch instead of the whole --marglik-batch subset")
     parser.add_argument("--bank-fraction", type=float, default=1.0,
                         help="relaxed: share of the output fields the modulated filters reach (RelaxedR3Conv)")
     parser.add_argument("--bank-in-fraction", type=float, default=1.0,
@@ -263,7 +272,7 @@ def main() -> None:
             rows.append(run(method, rotations, args.epochs, args.n_per_class, args.seed, args.lr, args.tol,
                             args.threshold, args.plot_dir, args.size, args.scale, tuple(args.width),
                             args.act, args.lambda_by, args.lr_hyp, args.marglik_batch, relaxed_kwargs,
-                            args.align_weight, args.kl_weight))
+                            args.align_weight, args.kl_weight, args.lambda_L, args.low_memory))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
     if args.out:

@@ -59,6 +59,17 @@ def model_output(out: Any) -> Tensor:
     return out.tensor if isinstance(out, enn.GeometricTensor) else out
 
 
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """The random state that Monte-Carlo curvature columns on ``device`` draw from."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 class LaplaceEvidence:
     """Differentiable Laplace log marginal likelihood of a network with layer-wise priors.
 
@@ -246,11 +257,97 @@ class LaplaceEvidence:
         summed over the ranks, so the evidence equals the single-process evidence on the union of the shards;
         ``n_data`` is then the size of the whole training set, not of a shard.
         """
+        self._check_loader(loader)
+        self._fitted = False
+        self.curvature.reset()
+        n_seen, loss, n_outputs = self._accumulate(loader, differentiable, differentiable, progress)
+        return self._complete(n_seen, loss, n_outputs, n_data)
+
+    def evidence_gradient(self, loader: Iterable, inputs: Sequence[Tensor], *, n_data: int | None = None,
+                          prior_precision: float | Tensor | None = None, sigma_noise: float | Tensor | None = None,
+                          progress: bool = False) -> tuple[Tensor, list[Tensor | None]]:
+        r"""The log evidence on ``loader`` and its gradient w.r.t. ``inputs``, holding one batch's graph at a time.
+
+        ``fit(loader, differentiable=True)`` followed by autograd keeps the graph of every sample, so its memory
+        grows linearly with the data. The data enter the evidence :math:`E` only through sums over samples: the
+        loss :math:`L = \sum_n \ell_n` and the curvature statistics :math:`S = \sum_n s_n` (Kronecker factors,
+        or the dense GGN). With :math:`\phi` the inputs,
+
+        .. math::
+            \frac{dE}{d\phi} = \frac{\partial E}{\partial \phi}
+            + \sum_b \Big(\frac{\partial E}{\partial L}\,\frac{d L_b}{d\phi}
+            + \Big\langle \frac{\partial E}{\partial S}, \frac{d S_b}{d\phi} \Big\rangle\Big),
+
+        where :math:`\partial E / \partial \phi` is the part through what the fit derives once from the
+        hyperparameters (the planned bases of the basis expansions) and the prior precisions. A first pass fits
+        without graph and gives :math:`\partial E/\partial L`, :math:`\partial E/\partial S` and
+        :math:`\partial E/\partial\phi`; a second pass recomputes each batch's :math:`L_b, S_b` with graph and
+        backpropagates :math:`\tfrac{\partial E}{\partial L} L_b + \langle \tfrac{\partial E}{\partial S},
+        S_b\rangle`. The result equals autograd through ``fit(..., differentiable=True)`` up to floating-point
+        summation order, at the memory of one batch and about twice the forward passes. The batches are held
+        (both passes must see the same ones, Monte-Carlo curvature columns included: the random state is replayed).
+
+        Under a process group of several ranks, as with ``fit(..., differentiable=True)``, each rank returns a
+        gradient whose mean over the ranks (:func:`escnn_soft.distributed.average_gradients`) is the gradient of
+        the evidence on the union of the shards.
+
+        Args:
+            loader: ``(x, y)`` batches, as for :meth:`fit`.
+            inputs: the tensors to differentiate with respect to (hyperparameters, prior precisions, ...).
+            n_data, progress: as for :meth:`fit`.
+            prior_precision, sigma_noise: as for :meth:`log_marginal_likelihood`.
+
+        Returns:
+            ``(log evidence, gradients)``: the evidence without graph and one gradient per input (``None`` for an
+            input the evidence does not depend on). Afterwards the object is fitted as by ``fit(loader)``.
+        """
+        self._check_loader(loader)
+        inputs = list(inputs)
+        batches = [self.to_device(b) for b in loader]
+        rng = _rng_state(self.device)
+        self._fitted = False
+        self.curvature.reset()
+        n_seen, loss, n_outputs = self._accumulate(batches, False, True, progress)
+        leaves = {k: v.detach().requires_grad_() for k, v in self.curvature.statistics().items()}
+        self.curvature.set_statistics(leaves)
+        loss_leaf = loss.detach().requires_grad_()
+        self._complete(n_seen, loss_leaf, n_outputs, n_data)
+        finished = self.curvature.statistics()
+        value = self.log_marginal_likelihood(prior_precision, sigma_noise)
+        out = torch.autograd.grad(value, [*inputs, loss_leaf, *leaves.values()], allow_unused=True)
+        grads: list[Tensor | None] = list(out[:len(inputs)])
+        d_loss, d_stats = out[len(inputs)], dict(zip(leaves, out[len(inputs) + 1:]))
+        share = float(world_size())  # each rank's share of the summed statistics, as fit(differentiable=True)
+        _set_rng_state(rng, self.device)
+        self.curvature.clear_statistics()
+        with _curvature_mode(self.model, self.registry.targets), torch.enable_grad():
+            for x, y in batches:
+                with OpRecorder(self.registry.targets) as rec:
+                    f = model_output(self.model(x))
+                surrogate = self.data_likelihood.loss(f, y) * (0.0 if d_loss is None else d_loss)
+                self.curvature.add_batch(Batch(self.model, x, y, f, rec, self._columns, model_output), True)
+                for place, s in self.curvature.statistics().items():
+                    if d_stats.get(place) is not None:
+                        surrogate = surrogate + (d_stats[place] * s).sum()
+                self.curvature.clear_statistics()
+                if surrogate.requires_grad:
+                    for i, g in enumerate(torch.autograd.grad(surrogate * share, inputs, allow_unused=True)):
+                        if g is not None:
+                            grads[i] = g if grads[i] is None else grads[i] + g
+        self.curvature.set_statistics(finished)
+        self.curvature.detach()
+        self._loss = self._loss.detach()
+        return value.detach(), grads
+
+    @staticmethod
+    def _check_loader(loader: Any) -> None:
         if not isinstance(loader, Iterable):
             raise TypeError(f"loader: expected an iterable of (x, y) batches (e.g. a torch DataLoader), "
                             f"got {type(loader).__name__} ({loader!r})")
-        self._fitted = False
-        self.curvature.reset()
+
+    def _accumulate(self, loader: Iterable, differentiable: bool, plan_graph: bool, progress: bool
+                    ) -> tuple[int, Tensor, int]:
+        """Add every batch's loss and curvature (summed over the ranks): ``(samples, summed loss, outputs)``."""
         lik = self.data_likelihood
         loss: Tensor | None = None
         n_seen, n_outputs = 0, 0
@@ -270,12 +367,17 @@ class LaplaceEvidence:
                 n_seen += f.shape[0]
                 n_outputs = f.shape[-1]
                 loss = (nll if differentiable else nll.detach()) + (0 if loss is None else loss)
-                self.curvature.add_batch(Batch(self.model, x, y, f, rec, self._columns, model_output), differentiable)
+                self.curvature.add_batch(Batch(self.model, x, y, f, rec, self._columns, model_output), differentiable,
+                                         plan_graph)
         if is_distributed():
             n_seen, loss = self._sum_over_ranks(n_seen, loss, differentiable)
         if n_seen == 0:
             raise ValueError("loader: it yielded no batches: cannot fit the Laplace approximation on no data; pass a "
                              "loader over at least one (x, y) batch")
+        return n_seen, loss, n_outputs
+
+    def _complete(self, n_seen: int, loss: Tensor, n_outputs: int, n_data: int | None) -> LaplaceEvidence:
+        """Scale the data terms by :math:`N/M`, finish the curvature and take the point estimates."""
         self.n_data = n_seen if n_data is None else int(n_data)
         self.n_outputs = n_outputs
         scale = self.n_data / n_seen

@@ -68,13 +68,33 @@ class CurvatureStructure:
         """Forget the accumulated curvature (a new fit)."""
         raise NotImplementedError
 
-    def add_batch(self, batch: Batch, differentiable: bool) -> None:
-        """Add the GGN of one batch (with autograd graph when ``differentiable``)."""
+    def add_batch(self, batch: Batch, differentiable: bool, plan_graph: bool = False) -> None:
+        """Add the GGN of one batch (with autograd graph when ``differentiable``). ``plan_graph``: keep the graph
+        of what the structure derives once per fit from the hyperparameters (the planned bases), even when the
+        statistics are added without it."""
+        raise NotImplementedError
+
+    def statistics(self) -> dict[Any, Tensor]:
+        """Every accumulated statistic, by place. Each is a sum over samples, so the evidence depends on the data
+        only through these and the summed loss (:meth:`LaplaceEvidence.evidence_gradient`)."""
+        raise NotImplementedError
+
+    def set_statistics(self, values: dict[Any, Tensor]) -> None:
+        """Replace the statistics at the places of :meth:`statistics`."""
+        raise NotImplementedError
+
+    def clear_statistics(self) -> None:
+        """Forget the accumulated statistics but keep the plan: the next batches are added to zero."""
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        """Drop the autograd graph of the finished curvature."""
         raise NotImplementedError
 
     def sum_over_ranks(self, differentiable: bool) -> None:
         """Replace every accumulated statistic by its sum over the ranks of the process group."""
-        raise NotImplementedError
+        stats = self.statistics()
+        self.set_statistics(dict(zip(stats, sum_over_ranks(list(stats.values()), differentiable))))
 
     def finish(self, scale: float) -> set[int]:
         """Scale the data term by ``scale`` (:math:`N/M`), check it is finite, and return the indices of the
@@ -108,7 +128,7 @@ class KronCurvature(CurvatureStructure):
         self.stats: dict[Any, SlotStats] = {}
         self.spectra: list[tuple[int, list[list[Tensor]]]] = []
 
-    def add_batch(self, batch: Batch, differentiable: bool) -> None:
+    def add_batch(self, batch: Batch, differentiable: bool, plan_graph: bool = False) -> None:
         """Input statistics from the recorded op inputs, output-gradient statistics from one backward pass per
         loss-Hessian column (a loop: faster than a batched backward on CPU).
 
@@ -121,7 +141,8 @@ class KronCurvature(CurvatureStructure):
         rec = batch.recorder
         if self.terms is None:
             self.terms, self.stats = plan_terms(rec.calls, rec.expansions, self.registry.params, self.modules,
-                                                self.registry.hyperparameters, differentiable, blocks=self.blocks)
+                                                self.registry.hyperparameters, differentiable or plan_graph,
+                                                blocks=self.blocks)
         stats = self.stats
         used = [c for c in rec.calls if c.key in stats]
         for call in used:
@@ -143,28 +164,41 @@ class KronCurvature(CurvatureStructure):
         r_factor = torch.linalg.qr(torch.stack(at_u, 1), mode="r")[1]  # (batch, k, k)
         _backprop(u, r_factor.transpose(1, 2).reshape(*u.shape, -1), used[:-1], stats, False)
 
-    def sum_over_ranks(self, differentiable: bool) -> None:
-        stats = self.stats
-        device = self.registry.tensors[0].device
-        slot_n = sum_over_ranks([torch.tensor([float(st.n) for st in stats.values()], dtype=torch.float64,
-                                              device=device)])[0]
-        tensors: list[Tensor] = []
-        places: list[tuple[Any, str, Any]] = []
-        for key, st in stats.items():
+    def statistics(self) -> dict[Any, Tensor]:
+        """Places ``(op key, "G" | "A", None)`` and ``(op key, "A_g" | "A_f" | "A_z", input block)``."""
+        out: dict[Any, Tensor] = {}
+        for key, st in self.stats.items():
             for attr in ("G", "A"):
                 if getattr(st, attr) is not None:
-                    tensors.append(getattr(st, attr))
-                    places.append((key, attr, None))
+                    out[key, attr, None] = getattr(st, attr)
             for attr in ("A_g", "A_f", "A_z"):
                 for k, v in getattr(st, attr).items():
-                    tensors.append(v)
-                    places.append((key, attr, k))
-        for (key, attr, k), value in zip(places, sum_over_ranks(tensors, differentiable)):
+                    out[key, attr, k] = v
+        return out
+
+    def set_statistics(self, values: dict[Any, Tensor]) -> None:
+        for (key, attr, k), value in values.items():
             if k is None:
-                setattr(stats[key], attr, value)
+                setattr(self.stats[key], attr, value)
             else:
-                getattr(stats[key], attr)[k] = value
-        for st, n in zip(stats.values(), slot_n.tolist()):
+                getattr(self.stats[key], attr)[k] = value
+
+    def clear_statistics(self) -> None:
+        for st in self.stats.values():
+            st.G = st.A = None
+            st.A_g, st.A_f, st.A_z = {}, {}, {}
+            st.n = 0
+
+    def detach(self) -> None:
+        self.set_statistics({k: v.detach() for k, v in self.statistics().items()})
+        self.spectra = [(i, [[v.detach() for v in factors] for factors in blocks]) for i, blocks in self.spectra]
+
+    def sum_over_ranks(self, differentiable: bool) -> None:
+        device = self.registry.tensors[0].device
+        slot_n = sum_over_ranks([torch.tensor([float(st.n) for st in self.stats.values()], dtype=torch.float64,
+                                              device=device)])[0]
+        super().sum_over_ranks(differentiable)
+        for st, n in zip(self.stats.values(), slot_n.tolist()):
             st.n = int(n)
 
     def finish(self, scale: float) -> set[int]:
@@ -208,14 +242,23 @@ class FullCurvature(CurvatureStructure):
     def reset(self) -> None:
         self.H: Tensor | None = None
 
-    def add_batch(self, batch: Batch, differentiable: bool) -> None:
+    def add_batch(self, batch: Batch, differentiable: bool, plan_graph: bool = False) -> None:
         hb = dense_ggn(batch.model, self.registry.tensors, batch.x, batch.y, batch.output, batch.columns,
                        differentiable)
         self.H = hb if self.H is None else self.H + hb
 
-    def sum_over_ranks(self, differentiable: bool) -> None:
+    def statistics(self) -> dict[Any, Tensor]:
+        return {} if self.H is None else {"H": self.H}
+
+    def set_statistics(self, values: dict[Any, Tensor]) -> None:
+        self.H = values.get("H", self.H)
+
+    def clear_statistics(self) -> None:
+        self.H = None
+
+    def detach(self) -> None:
         if self.H is not None:
-            self.H = sum_over_ranks([self.H], differentiable)[0]
+            self.H = self.H.detach()
 
     def finish(self, scale: float) -> set[int]:
         assert self.H is not None

@@ -12,7 +12,8 @@ and ``n_hypersteps`` Adam steps maximise it over the hyperparameters: log prior 
 (regression) and the network's own hyperparameters (relaxation amplitudes, lengthscales, likelihood
 coefficients). When the network has hyperparameters the curvature is rebuilt with autograd graph at every
 step (:meth:`LaplaceEvidence.fit` with ``differentiable=True``), on the whole training set or, with
-``marglik_batch_size``, on a random subset scaled by :math:`N/M`.
+``marglik_batch_size``, on a random subset scaled by :math:`N/M`; with ``low_memory=True`` the gradient comes from
+:meth:`LaplaceEvidence.evidence_gradient` instead (the same gradient, two passes holding one batch's graph each).
 
 λ by the evidence (the probabilistic layers): ``hyperparameters="likelihoods"`` (or the default ``None``, which
 includes them) makes every layer's likelihood coefficients hyperparameters: they get no prior and no curvature, the
@@ -64,7 +65,7 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
                      prior_precision: float | Tensor = 1.0, prior_structure: str = "layerwise",
                      sigma_noise: float = 1.0, hyperparameters: str | Iterable[str | Tensor] | None = None,
                      exclude: str | None | Iterable[Any] = "default", stochastic: bool = False,
-                     mc_samples: int = 1, marglik_batch_size: int | None = None,
+                     mc_samples: int = 1, marglik_batch_size: int | None = None, low_memory: bool = False,
                      extra_loss: Callable[[nn.Module], Tensor] | None = None, progress: bool = True,
                      seed: int | None = None, on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
                      resume: dict[str, Any] | None = None,
@@ -90,7 +91,10 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
         marglik_batch_size: ``None`` fits the evidence on the whole training set; an integer fits it on a
             random subset of that size for every hyperparameter step (a stochastic estimate). With hyperparameters
             inside the network the fit keeps the graph of every sample, so memory grows about linearly with it
-            (docs/laplace.md gives measured sizes).
+            (docs/laplace.md gives measured sizes), unless ``low_memory``.
+        low_memory: with hyperparameters inside the network, take each hyperparameter gradient from
+            :meth:`LaplaceEvidence.evidence_gradient`: the same gradient (up to summation order), at the memory of
+            one batch of the loader instead of the whole fit, for about twice the forward passes.
         extra_loss: added to the training loss (e.g. ``escnn_soft.regularization_loss``).
         progress: tqdm bar over epochs.
         seed: seeds the subset draws (``None``: torch's global generator).
@@ -121,6 +125,8 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
                                            not isinstance(marglik_batch_size, int) or marglik_batch_size < 1):
         raise ValueError(f"marglik_batch_size: {marglik_batch_size!r}; must be None (the whole training set) "
                          "or an int >= 1")
+    if not isinstance(low_memory, bool):
+        raise TypeError(f"low_memory: expected True or False, got {type(low_memory).__name__} ({low_memory!r})")
     for name, value in (("lr", lr), ("lr_hyp", lr_hyp)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"{name}: {value!r}; must be a learning rate > 0 (e.g. 1e-3)")
@@ -136,6 +142,9 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
                          prior_structure=prior_structure, sigma_noise=sigma_noise, hyperparameters=hyperparameters,
                          exclude=exclude, stochastic=stochastic, mc_samples=mc_samples)
     hyper_ids = {id(h) for h in ev.network_hyperparameters}
+    if low_memory and not hyper_ids:
+        warnings.warn("marglik_training: low_memory=True has nothing to do: the network has no hyperparameters, so "
+                      "the evidence is fitted once per update without autograd graph anyway", stacklevel=2)
     _check_extra_loss(extra_loss, net, hyper_ids)
     weights = [p for p in net.parameters() if p.requires_grad and id(p) not in hyper_ids]
     optimizer = torch.optim.Adam(weights, lr=lr)
@@ -160,7 +169,7 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
         postfix = {"loss": f"{history['loss'][-1]:.4g}"}
         if epoch > n_epochs_burnin and (epoch - n_epochs_burnin) % marglik_frequency == 0:
             marglik = _hyper_update(ev, train_loader, hyper, hyper_optimizer, n_hypersteps, marglik_batch_size,
-                                    generator)
+                                    generator, low_memory)
             history["marglik_epochs"].append(epoch)
             history["marglik"].append(marglik)
             history["prior_precision"].append(ev.prior_precision.detach().cpu().tolist())
@@ -334,7 +343,7 @@ def _train_epoch(model: nn.Module, loader: DataLoader, ev: LaplaceEvidence, opti
 
 def _hyper_update(ev: LaplaceEvidence, loader: DataLoader, hyper: list[Tensor],
                   optimizer: torch.optim.Optimizer, steps: int, batch_size: int | None,
-                  generator: torch.Generator | None) -> float:
+                  generator: torch.Generator | None, low_memory: bool = False) -> float:
     """``steps`` Adam steps on the negative log evidence; returns the last evidence value."""
     in_network = bool(ev.network_hyperparameters)
     n_data = len(loader.dataset)
@@ -342,16 +351,20 @@ def _hyper_update(ev: LaplaceEvidence, loader: DataLoader, hyper: list[Tensor],
         ev.fit(loader, n_data=n_data)
     marglik = math.nan
     for _ in range(steps):
+        data = loader
         if batch_size is not None:
             # the same draw on every rank (same seed), split between the ranks
             idx = torch.randperm(n_data, generator=generator)[:batch_size].tolist()[rank()::world_size()]
-            subset = DataLoader(Subset(loader.dataset, idx), batch_size=loader.batch_size or batch_size)
-            ev.fit(subset, differentiable=in_network, n_data=n_data)
-        elif in_network:
-            ev.fit(loader, differentiable=True, n_data=n_data)
+            data = DataLoader(Subset(loader.dataset, idx), batch_size=loader.batch_size or batch_size)
         optimizer.zero_grad()
-        value = ev.log_marginal_likelihood()
-        grads = torch.autograd.grad(-value, hyper, allow_unused=True)
+        if in_network and low_memory:
+            value, grads = ev.evidence_gradient(data, hyper, n_data=n_data)
+            grads = [None if g is None else -g for g in grads]
+        else:
+            if batch_size is not None or in_network:
+                ev.fit(data, differentiable=in_network, n_data=n_data)
+            value = ev.log_marginal_likelihood()
+            grads = torch.autograd.grad(-value, hyper, allow_unused=True)
         for t, g in zip(hyper, grads):
             t.grad = g
         average_gradients(hyper)

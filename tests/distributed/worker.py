@@ -10,7 +10,8 @@ Tasks:
   networks in float32);
 * ``marglik:-``: ``marglik_training`` of a softened escnn net under DDP (float64);
 * ``laplace:<hessian>``: the Laplace evidence of a softened escnn net on this rank's shard (float64),
-  differentiable, with the gradients w.r.t. prior precisions and λ coefficients averaged over ranks.
+  differentiable, with the gradients w.r.t. prior precisions and λ coefficients averaged over ranks
+  (``<hessian>-lowmem``: the gradients from ``LaplaceEvidence.evidence_gradient`` instead).
 """
 from __future__ import annotations
 
@@ -127,11 +128,15 @@ def laplace(hessian: str, ctx) -> dict:
     x, y = (t.to(ctx.device) for t in data(12, 11, 3))
     shard = torch.arange(rank, len(x), world, device=ctx.device)  # interleaved shards
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[shard], y[shard]), batch_size=4)
+    hessian, _, mode = hessian.partition("-")
     ev = es.laplace.LaplaceEvidence(model, hessian=hessian)
-    ev.fit(loader, differentiable=True)
-    value = ev.log_marginal_likelihood()
     hyper = ev.hyperparameters()
-    grads = torch.autograd.grad(value, hyper)
+    if mode == "lowmem":
+        value, grads = ev.evidence_gradient(loader, hyper)
+    else:
+        ev.fit(loader, differentiable=True)
+        value = ev.log_marginal_likelihood()
+        grads = torch.autograd.grad(value, hyper)
     for t, g in zip(hyper, grads):
         t.grad = g
     es.distributed.average_gradients(hyper)
