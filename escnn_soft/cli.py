@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true")
     _option(t, "marglik_steps", "hyperparameter Adam steps per update", type=int)
     _option(t, "marglik_batch", "images per evidence estimate", type=int)
+    _option(t, "marglik_low_memory", "evidence gradients in two passes holding one batch's graph (the same steps; "
+            "memory of one batch instead of the whole --marglik-batch subset, about twice the forward passes)",
+            action="store_true")
     t.set_defaults(func=cmd_train)
     r = sub.add_parser("report", help="accuracy, per-layer degree and subgroup report of a checkpoint")
     r.add_argument("checkpoint")

@@ -186,23 +186,32 @@ def test_checkpoint_from_before_arch_and_redraw_resumes_as_default_arch_without_
     assert len(torch.load(tmp_path / "strict.pt", weights_only=True)["history"]) == 2
 
 
-def test_marglik_tunes_lambda_without_regularisers_on_re_drawn_epochs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("low_memory", [False, True], ids=["one graph", "--marglik-low-memory"])
+def test_marglik_tunes_lambda_without_regularisers_on_re_drawn_epochs(tmp_path, monkeypatch, low_memory):
     """``--marglik --method probabilistic``: λ is set by the evidence alone (the alignment/KL terms are off, so
-    marglik_training has nothing to warn about), and every epoch trains on its own re-drawn group elements."""
+    marglik_training has nothing to warn about), and every epoch trains on its own re-drawn group elements;
+    ``--marglik-low-memory`` takes the gradients from the two-pass ``evidence_gradient``."""
     from escnn_soft.data import DoubleMNIST
+    from escnn_soft.laplace import LaplaceEvidence
 
     seen: list[int] = []
     original = DoubleMNIST.set_epoch
     monkeypatch.setattr(DoubleMNIST, "set_epoch", lambda self, epoch: (seen.append(epoch), original(self, epoch))[1])
+    two_pass: list[int] = []
+    gradient = LaplaceEvidence.evidence_gradient
+    monkeypatch.setattr(LaplaceEvidence, "evidence_gradient",
+                        lambda self, *a, **k: (two_pass.append(1), gradient(self, *a, **k))[1])
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         assert main(["train", "--method", "probabilistic", "--compare", "", "--marglik", "--epochs", "2",
                      "--n-images", "100", "--width", "1", "--group", "C4", "--marglik-batch", "16",
-                     "--marglik-steps", "1", "--report-images", "0", "--out", str(tmp_path)]) == 0
+                     "--marglik-steps", "1", "--report-images", "0", "--out", str(tmp_path)]
+                    + (["--marglik-low-memory"] if low_memory else [])) == 0
     assert {0, 1} <= set(seen) and seen == sorted(seen)  # epoch 1 trained on its own draw
+    assert len(two_pass) == (1 if low_memory else 0)  # one update of one step
     model, _, _ = load_checkpoint(tmp_path / "probabilistic.pt")
     initial = build_model("probabilistic", group="C4", width=1)  # λ uniform: the strict layer
-    moved = [float((a - b).abs().max()) for (name, a), b in zip(model.named_parameters(), initial.parameters())
+    moved = [float((a - b).detach().abs().max()) for (name, a), b in zip(model.named_parameters(), initial.parameters())
              if name.endswith("likelihood.coefficients")]
     assert moved and max(moved) > 0  # the evidence's steps moved λ
 

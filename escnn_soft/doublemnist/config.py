@@ -79,6 +79,7 @@ class RunConfig:
     marglik: bool = False
     marglik_steps: int = 5
     marglik_batch: int = 128
+    marglik_low_memory: bool = False
 
     def __post_init__(self) -> None:
         compare = self.compare.split(",") if isinstance(self.compare, str) else self.compare
