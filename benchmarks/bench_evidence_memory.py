@@ -31,8 +31,6 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-
 
 def measure(mode: str, m: int) -> dict:
     """One configuration, in this process."""

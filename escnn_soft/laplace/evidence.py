@@ -322,10 +322,8 @@ class LaplaceEvidence:
         self.curvature.clear_statistics()
         with _curvature_mode(self.model, self.registry.targets), torch.enable_grad():
             for x, y in batches:
-                with OpRecorder(self.registry.targets) as rec:
-                    f = model_output(self.model(x))
-                surrogate = self.data_likelihood.loss(f, y) * (0.0 if d_loss is None else d_loss)
-                self.curvature.add_batch(Batch(self.model, x, y, f, rec, self._columns, model_output), True)
+                nll, _ = self._add_batch(x, y, True, True)
+                surrogate = nll * (0.0 if d_loss is None else d_loss)
                 for place, s in self.curvature.statistics().items():
                     if d_stats.get(place) is not None:
                         surrogate = surrogate + (d_stats[place] * s).sum()
@@ -348,7 +346,6 @@ class LaplaceEvidence:
     def _accumulate(self, loader: Iterable, differentiable: bool, plan_graph: bool, progress: bool
                     ) -> tuple[int, Tensor, int]:
         """Add every batch's loss and curvature (summed over the ranks): ``(samples, summed loss, outputs)``."""
-        lik = self.data_likelihood
         loss: Tensor | None = None
         n_seen, n_outputs = 0, 0
         batches = loader
@@ -358,23 +355,28 @@ class LaplaceEvidence:
         with _curvature_mode(self.model, self.registry.targets), torch.enable_grad():
             for batch in batches:
                 x, y = self.to_device(batch)
-                with OpRecorder(self.registry.targets) as rec:
-                    f = model_output(self.model(x))
-                lik.check_batch(f, y)
-                nll = lik.loss(f, y)
-                if not bool(torch.isfinite(nll)):
-                    raise self._nonfinite(rec.calls, "non-finite loss")
+                nll, f = self._add_batch(x, y, differentiable, plan_graph)
                 n_seen += f.shape[0]
                 n_outputs = f.shape[-1]
                 loss = (nll if differentiable else nll.detach()) + (0 if loss is None else loss)
-                self.curvature.add_batch(Batch(self.model, x, y, f, rec, self._columns, model_output), differentiable,
-                                         plan_graph)
         if is_distributed():
             n_seen, loss = self._sum_over_ranks(n_seen, loss, differentiable)
         if n_seen == 0:
             raise ValueError("loader: it yielded no batches: cannot fit the Laplace approximation on no data; pass a "
                              "loader over at least one (x, y) batch")
         return n_seen, loss, n_outputs
+
+    def _add_batch(self, x: Any, y: Tensor, differentiable: bool, plan_graph: bool) -> tuple[Tensor, Tensor]:
+        """Forward one batch under the recorder and add its curvature: ``(summed loss, output f)``."""
+        with OpRecorder(self.registry.targets) as rec:
+            f = model_output(self.model(x))
+        self.data_likelihood.check_batch(f, y)
+        nll = self.data_likelihood.loss(f, y)
+        if not bool(torch.isfinite(nll)):
+            raise self._nonfinite(rec.calls, "non-finite loss")
+        self.curvature.add_batch(Batch(self.model, x, y, f, rec, self._columns, model_output), differentiable,
+                                 plan_graph)
+        return nll, f
 
     def _complete(self, n_seen: int, loss: Tensor, n_outputs: int, n_data: int | None) -> LaplaceEvidence:
         """Scale the data terms by :math:`N/M`, finish the curvature and take the point estimates."""

@@ -200,26 +200,27 @@ def _soft_layers(kind: str):
     return lifting, es.nn.DSGroupConv(lifting.out_type, 2, 3)
 
 
+class SoftNet(torch.nn.Module):
+    """The two soft layers of :func:`_soft_layers` on 7x7 single-channel images, tanh between, a linear head."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.a, self.b = _soft_layers(kind)
+        self.out = torch.nn.Linear(self.b.out_type.size * 9, 3)
+
+    def forward(self, x):
+        y = self.a(self.a.in_type(x))
+        y = self.b(enn.GeometricTensor(torch.tanh(y.tensor), self.b.in_type))
+        return self.out(torch.tanh(y.tensor).flatten(1))
+
+
 @pytest.mark.parametrize("kind", ["rpp", "rsteer", "relaxed", "relaxed, bank_fraction 0.5",
                                   "relaxed, bank_in_fraction 0.5", "probabilistic", "ds"])
 def test_soft_layers_get_structured_curvature(kind):
     """Every trained tensor of the soft layers gets a structured term (no dense fallback), the evidence is
     finite and differentiable w.r.t. the layers' hyperparameters."""
     torch.manual_seed(0)
-    a, b = _soft_layers(kind)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = a, b
-            self.out = torch.nn.Linear(b.out_type.size * 9, 3)
-
-        def forward(self, x):
-            y = self.a(self.a.in_type(x))
-            y = self.b(enn.GeometricTensor(torch.tanh(y.tensor), self.b.in_type))
-            return self.out(torch.tanh(y.tensor).flatten(1))
-
-    model = Net()
+    model = SoftNet(kind)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if any(k in name for k in ("free", "relaxed_weights", "bank_weights", "pathways")):
