@@ -13,7 +13,12 @@ network (the same weights shape, zero relaxation / uniform λ) and may learn to 
 * ``relaxed`` — every R3Conv a :class:`~escnn_soft.nn.RelaxedR3Conv` relaxed over SO(3)
   (``relaxed_subgroup='so3'``: the relaxation may break reflections, never rotations; told the answer);
 * ``relaxed-trivial`` — the same relaxed over the trivial group (``relaxed_subgroup=None``): the relaxation may
-  break rotations and reflections alike, so whether it keeps SO(3) is found from the data, as for λ.
+  break rotations and reflections alike, so whether it keeps SO(3) is found from the data, as for λ;
+* ``rpp-chain`` — every R3Conv an :class:`~escnn_soft.nn.RPPR3Conv` with the subgroup chain O(3) ⊃ SO(3) ⊃ 1
+  (``pathways=['so3', None]``): one level that breaks the reflections and keeps SO(3), one that breaks SO(3),
+  orthogonal to each other and to the O(3) filters, each with its own prior precision; trained by
+  :func:`escnn_soft.laplace.marglik_training` with ``prior_structure="parameterwise"``, so the Laplace evidence
+  chooses per layer which level to open (not told the answer: both are offered).
 
 ``--lambda-by evidence`` trains the probabilistic network's λ by the Laplace evidence instead
 (:func:`escnn_soft.laplace.marglik_training`, ``hyperparameters="likelihoods"``, the regularisers off, the evidence
@@ -55,7 +60,7 @@ from escnn.group import directsum
 import escnn_soft as es
 from escnn_soft.data import Tetris3D
 
-METHODS = ("strict-O3", "strict-SO3", "probabilistic", "relaxed", "relaxed-trivial")
+METHODS = ("strict-O3", "strict-SO3", "probabilistic", "relaxed", "relaxed-trivial", "rpp-chain")
 #: O(3) subgroups of degree(), largest first
 O3_ORDER = ("O3", "SO3", "full_octahedral", "octahedral")
 
@@ -116,6 +121,8 @@ def build(method: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int 
     elif method in ("relaxed", "relaxed-trivial"):
         es.soften(net, method="relaxed", relaxed_subgroup="so3" if method == "relaxed" else None,
                   **(relaxed_kwargs or {}))
+    elif method == "rpp-chain":
+        es.soften(net, method="rpp", pathways=["so3", None])
     return net
 
 
@@ -164,7 +171,8 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
         threshold: float = 0.99, plot_dir: str | None = None, size: int = 11, scale: float = 2.0,
         width: tuple[int, int, int] = (4, 4, 16), act: str = "tensor", lambda_by: str = "regularisers",
         lr_hyp: float = 0.05, marglik_batch: int = 64, relaxed_kwargs: dict | None = None,
-        align_weight: float = 5.0, kl_weight: float = 3.0, lambda_L: int = 2, low_memory: bool = False) -> dict:
+        align_weight: float = 5.0, kl_weight: float = 3.0, lambda_L: int = 2, low_memory: bool = False,
+        hypersteps: int = 5) -> dict:
     torch.manual_seed(seed)
     train = Tetris3D("train", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
     test = Tetris3D("test", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
@@ -175,16 +183,26 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
                                          generator=torch.Generator().manual_seed(seed))
     start = time.perf_counter()
     extra: dict = {}
-    if method == "probabilistic" and lambda_by == "evidence":
+    if (method == "probabilistic" and lambda_by == "evidence") or method == "rpp-chain":
         from escnn_soft.laplace import DEFAULT_EXCLUDED, marglik_training, refresh_batchnorm
 
+        chain = method == "rpp-chain"   # prior precisions per tensor (one per level), no network hyperparameters
         # escnn's TensorProductModule has no Laplace support: its quadratic map's weights stay point estimates
         model, hist = marglik_training(model, loader, n_epochs=epochs, lr=lr, lr_hyp=lr_hyp,
                                        n_epochs_burnin=epochs // 4, marglik_frequency=max(1, epochs // 12),
-                                       n_hypersteps=5, marglik_batch_size=marglik_batch, low_memory=low_memory,
-                                       hyperparameters="likelihoods", progress=False, seed=seed,
+                                       n_hypersteps=hypersteps, marglik_batch_size=None if chain else marglik_batch,
+                                       low_memory=low_memory and not chain,
+                                       prior_structure="parameterwise" if chain else "layerwise",
+                                       hyperparameters=[] if chain else "likelihoods", progress=False, seed=seed,
                                        exclude=(*DEFAULT_EXCLUDED, enn.TensorProductModule))
-        extra = {"lambda_by": "evidence", "lr_hyp": lr_hyp, "marglik_batch": marglik_batch, "marglik": hist["marglik"]}
+        extra = {"lambda_by": "evidence", "lr_hyp": lr_hyp, "hypersteps": hypersteps, "marglik": hist["marglik"],
+                 **({} if chain else {"marglik_batch": marglik_batch})}
+        if chain:   # the evidence's prior precision of every level and its filter's norm relative to the strict one
+            delta = dict(zip(hist["groups"], hist["prior_precision"][-1]))
+            extra["levels"] = {name: [{"subgroup": p["subgroup"], "norm_ratio": p["norm_ratio"],
+                                       "prior_precision": delta.get(f"{name}.chain.{k}.weights")}
+                                      for k, p in enumerate(m.degree()["pathways"])]
+                               for name, m in model.named_modules() if isinstance(m, es.nn.RPPR3Conv)}
         # the last λ step follows the last epoch: re-estimate the batch-norm statistics at the final filters
         extra["test_accuracy_before_bn_refresh"] = evaluate(model, test)[0]
         refresh_batchnorm(model, loader)
@@ -250,10 +268,14 @@ def main() -> None:
                         help="--lambda-by regularisers: α_align of es.regularization_loss (paper: 5)")
     parser.add_argument("--kl-weight", type=float, default=3.0,
                         help="--lambda-by regularisers: α_KL of es.regularization_loss (paper: 3)")
-    parser.add_argument("--lr-hyp", type=float, default=0.05, help="--lambda-by evidence: Adam lr of λ")
+    parser.add_argument("--lr-hyp", type=float, default=0.05,
+                        help="--lambda-by evidence: Adam lr of λ; rpp-chain: of the log prior precisions")
     parser.add_argument("--marglik-batch", type=int, default=64,
                         help="--lambda-by evidence: samples per evidence estimate (5 λ steps every epochs/12 "
                              "epochs after a burn-in of epochs/4)")
+    parser.add_argument("--hypersteps", type=int, default=5,
+                        help="evidence (--lambda-by evidence, rpp-chain): Adam steps per update; with lr-hyp they bound "
+                             "how far a prior precision moves (5 x 0.05 per update: a factor e^0.25)")
     parser.add_argument("--lambda-L", type=int, default=2,
                         help="probabilistic: band limit of λ over O(3) (0: λ = 1 + c·det h, reflections only)")
     parser.add_argument("--low-memory", action="store_true",
@@ -272,7 +294,7 @@ def main() -> None:
             rows.append(run(method, rotations, args.epochs, args.n_per_class, args.seed, args.lr, args.tol,
                             args.threshold, args.plot_dir, args.size, args.scale, tuple(args.width),
                             args.act, args.lambda_by, args.lr_hyp, args.marglik_batch, relaxed_kwargs,
-                            args.align_weight, args.kl_weight, args.lambda_L, args.low_memory))
+                            args.align_weight, args.kl_weight, args.lambda_L, args.low_memory, args.hypersteps))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
     if args.out:

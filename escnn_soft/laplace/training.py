@@ -174,7 +174,7 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
             history["marglik"].append(marglik)
             history["prior_precision"].append(ev.prior_precision.detach().cpu().tolist())
             if likelihood == "regression":
-                history["sigma_noise"].append(float(ev.sigma_noise))
+                history["sigma_noise"].append(float(ev.sigma_noise.detach()))
             history["per_layer"].append(ev.per_layer())
             history["evidence"] = ev
             postfix["marglik"] = f"{marglik:.4g}"

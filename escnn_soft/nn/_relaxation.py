@@ -319,11 +319,12 @@ class SoftConvBase(SteerableConv, SoftModule):
         """:meth:`SteerableConv._private_expansion`, with the block-sparse form :func:`expand_blocks` uses."""
         return factorize_(super()._private_expansion(gspace, in_type, out_type))
 
-    def _subgroup_expansion(self, out_type: FieldType | None = None, in_type: FieldType | None = None
-                            ) -> BlocksBasisExpansion:
+    def _subgroup_expansion(self, out_type: FieldType | None = None, in_type: FieldType | None = None,
+                            subgroup: tuple[Any, Any] | None = None) -> BlocksBasisExpansion:
         """The steerable basis of the relaxed subgroup S between the restricted field types (from ``in_type`` to
-        ``out_type``, selections of the layer's input and output fields, if given)."""
-        sid = self.relaxed_subgroup
+        ``out_type``, selections of the layer's input and output fields, if given); ``subgroup`` = ``(id, escnn
+        group)`` of another subgroup than the relaxed one."""
+        sid, sub = (self.relaxed_subgroup, self._subgroup) if subgroup is None else subgroup
         out_type = self.out_type if out_type is None else out_type
         in_type = self._in_group_type if in_type is None else in_type
         try:
@@ -337,7 +338,7 @@ class SoftConvBase(SteerableConv, SoftModule):
             out_s = FieldType(gspace_s, [gspace_s.trivial_repr] * out_type.size)
         expansion = self._private_expansion(gspace_s, in_s, out_s)
         if expansion.dimension() == 0:
-            raise ValueError(f"relaxed_subgroup: the {self._subgroup.name}-steerable basis is empty for these "
+            raise ValueError(f"relaxed_subgroup: the {sub.name}-steerable basis is empty for these "
                              "field types; raise kernel_size or frequencies_cutoff")
         return expansion
 
@@ -421,15 +422,20 @@ class SoftConvBase(SteerableConv, SoftModule):
             n += 1
         return n
 
+    def _given_subgroups(self) -> list[tuple[Any, Any]]:
+        """``(id, escnn group)`` of the subgroups the user named (the relaxed subgroup, if given)."""
+        return [(self.relaxed_subgroup, self._subgroup)] if self._relaxed_subgroup_given else []
+
     def _subgroup_labels(self) -> list[tuple[str, Any]]:
         """(name, subgroup id) measured by ``degree()``: :func:`escnn_soft.subgroups.default_subgroups` of
-        the fibre group, plus the relaxed subgroup when it is not among them."""
+        the fibre group, plus the subgroups the user named (:meth:`_given_subgroups`) that are not among them."""
         ids = list(default_subgroups(self.space.fibergroup).items())
-        if self._relaxed_subgroup_given and all(self.relaxed_subgroup != sid for _, sid in ids):
-            name = self._subgroup.name
-            if any(name == label for label, _ in ids):
-                name = f"{name} {self.relaxed_subgroup!r}"
-            ids.append((name, self.relaxed_subgroup))
+        for given, sub in self._given_subgroups():
+            if all(given != sid for _, sid in ids):
+                name = sub.name
+                if any(name == label for label, _ in ids):
+                    name = f"{name} {given!r}"
+                ids.append((name, given))
         return ids
 
     @torch.no_grad()

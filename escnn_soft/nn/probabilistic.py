@@ -40,6 +40,7 @@ from escnn.nn import FieldType, GeometricTensor
 
 from escnn_soft._escnn import is_empty_basis_error, private_blocks_expansion, private_sampled_basis
 from escnn_soft.likelihood import GroupLikelihood
+from escnn_soft.nn._complement import add_blocks, fields_by_representation
 from escnn_soft.nn._filter import plain_linear
 from escnn_soft.nn._strict import SteerableConv, StrictSteerable, check_field_types
 from escnn_soft.nn.base import SoftModule, iter_modules
@@ -85,7 +86,7 @@ class _Pathway(torch.nn.Module):
         self.c_out, self.c_in = out_type.size, in_type.size
         self._pairs: list[tuple[int, int, int, int, int]] = []  # (start, n_out, n_in, n_basis, index)
         start = 0
-        in_groups, out_groups = _fields_by_representation(in_type), _fields_by_representation(out_type)
+        in_groups, out_groups = fields_by_representation(in_type), fields_by_representation(out_type)
         for r_in, in_idx in in_groups:
             r_aug = _tensor_representation(r_in, irrep)
             for r_out, out_idx in out_groups:
@@ -131,13 +132,7 @@ class _Pathway(torch.nn.Module):
         """``filt`` (``(c_out, c_in, P)``) plus :math:`k_\\psi` for the Fourier matrix ``lam`` =
         :math:`\\hat\\Lambda(\\psi)`, accumulated in place block by block, in the kernels' own memory order (an
         out-of-place scatter per block copied the whole filter, forward and backward)."""
-        for s0, out_idx, in_idx, basis in self.blocks(lam):
-            (n_out, o), (n_in, a), n_k = out_idx.shape, in_idx.shape, basis.shape[0]
-            w = self.weights[s0:s0 + n_out * n_in * n_k].view(n_out * n_in, n_k)
-            kernels = (w @ basis.reshape(n_k, -1)).view(n_out, n_in, o, a, -1)
-            filt.index_put_((out_idx[:, None, :, None], in_idx[None, :, None, :]), kernels.to(filt.dtype),
-                            accumulate=True)  # .to: matmul may run in an autocast dtype
-        return filt
+        return add_blocks(filt, self.weights, self.blocks(lam))
 
     def forward(self, lam: torch.Tensor) -> torch.Tensor:
         """:math:`k_\\psi`, shape ``(c_out, c_in, P)``, for the Fourier matrix ``lam`` = :math:`\\hat\\Lambda(\\psi)`."""
@@ -154,16 +149,6 @@ def _tensor_representation(rep, irrep):
     if key not in _TENSOR_REPRESENTATIONS:
         _TENSOR_REPRESENTATIONS[key] = rep.tensor(irrep)
     return _TENSOR_REPRESENTATIONS[key]
-
-
-def _fields_by_representation(field_type: FieldType) -> list[tuple[Any, torch.Tensor]]:
-    """``[(representation, channel indices (n_fields, size))]`` grouping the fields of one representation."""
-    groups: dict[str, tuple[Any, list[list[int]]]] = {}
-    offset = 0
-    for rep in field_type.representations:
-        groups.setdefault(rep.name, (rep, []))[1].append(list(range(offset, offset + rep.size)))
-        offset += rep.size
-    return [(rep, torch.tensor(idx, dtype=torch.long)) for rep, idx in groups.values()]
 
 
 class _ProbabilisticFilter(StrictSteerable, SoftModule):

@@ -184,6 +184,9 @@ def _soft_layers(kind: str):
     g = t[0].gspace
     if kind == "rpp":
         return es.nn.RPPR2Conv(t[0], t[1], 3), es.nn.RPPR2Conv(t[1], t[2], 3, relaxed_subgroup=2)
+    if kind == "rpp, pathways":    # C4 ⊃ C2 ⊃ plain pixel weights, and C2 ⊃ trivial (escnn basis)
+        return (es.nn.RPPR2Conv(t[0], t[1], 3, pathways=[2, None]),
+                es.nn.RPPR2Conv(t[1], t[2], 3, pathways=[2, 1]))
     if kind == "rsteer":
         return es.nn.RSteerR2Conv(t[0], t[1], 3), es.nn.RSteerR2Conv(t[1], t[2], 3, relaxed_subgroup=2)
     if kind == "relaxed":
@@ -214,7 +217,7 @@ class SoftNet(torch.nn.Module):
         return self.out(torch.tanh(y.tensor).flatten(1))
 
 
-@pytest.mark.parametrize("kind", ["rpp", "rsteer", "relaxed", "relaxed, bank_fraction 0.5",
+@pytest.mark.parametrize("kind", ["rpp", "rpp, pathways", "rsteer", "relaxed", "relaxed, bank_fraction 0.5",
                                   "relaxed, bank_in_fraction 0.5", "probabilistic", "ds"])
 def test_soft_layers_get_structured_curvature(kind):
     """Every trained tensor of the soft layers gets a structured term (no dense fallback), the evidence is
@@ -241,6 +244,8 @@ def test_soft_layers_get_structured_curvature(kind):
         assert "b.bank_weights" in kinds
     if kind == "rpp":
         expected["a.free_weights"] = "KronTerm"  # an unconstrained pathway: W = weights + free_weights
+    if kind == "rpp, pathways":                  # one block term per level of the chain
+        assert {"a.chain.0.weights", "a.chain.1.weights", "b.chain.0.weights", "b.chain.1.weights"} <= set(kinds)
     assert {n: k for n, k in kinds.items() if n in expected} == expected
     lml = ev.log_marginal_likelihood()
     assert torch.isfinite(lml)

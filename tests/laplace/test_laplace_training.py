@@ -52,11 +52,11 @@ def test_in_network_hyperparameters_on_subsets():
     model = ToyNet()
     x = torch.randn(24, 1, 7, 7)
     y = torch.randint(0, 3, (24,))
-    alpha, beta = float(model.conv.alpha), float(model.head.beta)
+    alpha, beta = float(model.conv.alpha.detach()), float(model.head.beta.detach())
     _, history = marglik_training(model, loader(x, y, 8), n_epochs=2, n_epochs_burnin=1, marglik_frequency=1,
                                   n_hypersteps=2, hyperparameters=[model.conv.alpha, model.head.beta],
                                   marglik_batch_size=8, progress=False, seed=0)
-    assert float(model.conv.alpha) != alpha and float(model.head.beta) != beta
+    assert float(model.conv.alpha.detach()) != alpha and float(model.head.beta.detach()) != beta
     assert len(history["marglik"]) == 1
 
 

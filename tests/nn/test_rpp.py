@@ -87,3 +87,175 @@ def test_bad_input():
         es.nn.RPPR2Conv(in_type, out_type, 5, variance_free=-1.0)
     with pytest.raises(TypeError, match=r"in_type: expected an escnn FieldType"):
         es.nn.RPPR2Conv(torch.zeros(3), out_type, 5)
+
+
+# -- a chain of pathways (pathways=[S_1, ..., S_n]) ------------------------------------------------------------
+
+F32 = {"rtol": 1e-4, "atol": 1e-5}
+
+
+def _chain(dtype=torch.float64, **kwargs) -> tuple[es.nn.RPPR2Conv, enn.R2Conv]:
+    """D4 layer with pathways C4 ⊃ trivial (plain weights), built from a strict R2Conv."""
+    return _layer("D4", None, pathways=[(None, 4), None], **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_chain_levels_keep_their_subgroups(dtype):
+    """Zero pathways = the strict layer; the C4 pathway alone keeps C4 exactly and breaks the flips; the trivial
+    pathway breaks C4 too; export() computes the layer in every state."""
+    from escnn_soft.metrics.equivariance import equivariance_error, grid_exact_elements
+    from escnn_soft.subgroups import subgroup_test_elements
+    from escnn_soft.testing import assert_equivariant
+
+    layer, strict = _chain()
+    layer, strict = layer.to(dtype), strict.to(dtype)
+    tol = {} if dtype == torch.float64 else F32
+    x = random_input(layer, dtype=dtype)
+    gs = layer.in_type.gspace
+    c4 = subgroup_test_elements(gs, (None, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x).tensor, strict(x).tensor, **tol)
+        layer.chain[0].weights.normal_(0, 0.3)
+    assert_equivariant(layer, x, elements=c4, dtype=dtype, **tol)
+    assert max(equivariance_error(layer, x, grid_exact_elements(gs)).values()) > 1e-2
+    with torch.no_grad():
+        torch.testing.assert_close(layer.export()(x.tensor), layer(x).tensor, **tol)
+        layer.chain[1].weights.normal_(0, 0.1)
+        assert max(equivariance_error(layer, x, c4).values()) > 1e-2
+        torch.testing.assert_close(layer.export()(x.tensor), layer(x).tensor, **tol)
+        torch.testing.assert_close(layer.free_filter(), sum(layer.pathway_filters()))
+
+
+def test_chain_penalty_degree_and_hyperparameters():
+    layer, _ = _chain(variance_equivariant=10.0, variance_free=[0.5, 2.0])
+    with torch.no_grad():
+        layer.chain[0].weights.normal_(0, 0.3)
+        layer.chain[1].weights.normal_(0, 0.3)
+    expected = (layer.weights.pow(2).sum() / 20.0 + layer.chain[0].weights.pow(2).sum() / 1.0
+                + layer.chain[1].weights.pow(2).sum() / 4.0)
+    torch.testing.assert_close(layer.penalty(), expected)
+    torch.testing.assert_close(layer.hyperparameters()["variance_free"], torch.tensor([0.5, 2.0], dtype=torch.float64))
+    degree = layer.degree()
+    paths = degree["pathways"]
+    assert [p["subgroup"] for p in paths] == ["(None, 4)", None]
+    assert paths[0]["parameters"] == layer.chain[0].weights.numel() < paths[1]["parameters"] == layer.chain[1].weights.numel()
+    strict_norm = float(layer.strict_filter().detach().norm())
+    for p, filt in zip(paths, layer.pathway_filters()):
+        assert p["norm_ratio"] == pytest.approx(float(filt.detach().norm()) / strict_norm)
+    assert degree["variance_free"] == pytest.approx([0.5, 2.0])
+    assert degree["relaxed_subgroup"] is None and "C4" in degree["equivariance_error"]
+
+
+def test_chain_of_one_is_the_single_pathway():
+    a, _ = _layer("D4", (None, 4))
+    b, _ = _layer("D4", None, pathways=[(None, 4)])
+    """A chain of one level spans the same filters as the single free path minus the strict span: the same
+    layer functions, one parameter for each direction that breaks the group."""
+    a, _ = _layer("D4", (None, 4))
+    b, _ = _layer("D4", None, pathways=[(None, 4)])
+    assert len(b.chain) == 1 and b.chain[0].weights.numel() == a.free_weights.numel() - a.weights.numel()
+    with torch.no_grad():
+        a.free_weights.normal_(0, 0.3)
+    # the part of a's free filter outside the D4 span, written in b's orthonormal basis: same filters
+    free = a.free_filter().detach().reshape(a.out_type.size, a.in_type.size, -1)
+    with torch.no_grad():
+        for s0, out_idx, in_idx, basis in b.chain[0].blocks():
+            block = free[out_idx[:, None, :, None], in_idx[None, :, None, :]]   # (n_o, n_i, o, a, P)
+            n_o, n_i = out_idx.shape[0], in_idx.shape[0]
+            coeff = block.reshape(n_o * n_i, -1) @ basis.reshape(basis.shape[0], -1).T
+            b.chain[0].weights[s0:s0 + coeff.numel()] = coeff.reshape(-1)
+    strict_part = a.free_filter().detach() - b.free_filter().detach()
+    assert a._nonequivariant_fraction(strict_part) < 1e-6          # what is left is D4-steerable
+
+
+def test_chain_in_3d_keeps_so3():
+    """O(3) with pathways SO(3) ⊃ trivial: the SO(3) pathway breaks the reflections only."""
+    from escnn import gspaces
+
+    from escnn_soft.metrics.equivariance import equivariance_error
+    from escnn_soft.subgroups import subgroup_test_elements
+
+    torch.manual_seed(0)
+    gs = gspaces.flipRot3dOnR3()
+    t = enn.FieldType(gs, [gs.trivial_repr, gs.irrep(1, 1), gs.irrep(0, 1)])
+    layer = es.nn.RPPR3Conv(t, t, 3, pathways=["so3", None], padding=1).double()
+    x = random_input(layer, size=7)
+    with torch.no_grad():
+        layer.chain[0].weights.normal_()
+        so3 = equivariance_error(layer, x, subgroup_test_elements(gs, "so3"))
+        o3 = equivariance_error(layer, x, subgroup_test_elements(gs, None))
+    # the 3D basis is sampled in float32 (then cast): 1e-6, not float64's 1e-12
+    assert max(so3.values()) < 1e-6
+    assert max(o3.values()) > 1e-2
+
+
+def test_chain_bad_input():
+    in_type, out_type = _types("D4")
+    for kwargs, pattern in (
+            ({"pathways": (None, 4)}, r"pathways: \(None, 4\); pass a non-empty list"),
+            ({"pathways": []}, r"pathways: \[\]; pass a non-empty list"),
+            ({"pathways": [None, (None, 4)]}, r"pathways: \[None, \(None, 4\)\]; None .* last"),
+            ({"pathways": [(None, 4)], "relaxed_subgroup": (0, 1)}, r"relaxed_subgroup: \(0, 1\) given with pathways"),
+            ({"pathways": [(0, 1), (None, 4)]}, r"pathways: \(None, 4\) \(C4\) does not contain \(0, 1\) \(.*\); list the pathways from the largest"),
+            ({"pathways": [(None, 4), None], "variance_free": [1.0]}, r"variance_free: \[1.0\] has 1 values for 2"),
+            ({"pathways": [(None, 3)]}, r"pathways: \(None, 3\) is not a subgroup id")):
+        with pytest.raises(ValueError, match=pattern):
+            es.nn.RPPR2Conv(in_type, out_type, 5, **kwargs)
+
+
+def test_soften_and_harden_with_a_chain():
+    """soften(method='rpp', pathways=...) builds chains from R2Conv layers; harden keeps C4 where only the C4
+    pathway moved."""
+    torch.manual_seed(0)
+    in_type, out_type = _types("D4")
+    net = enn.SequentialModule(enn.R2Conv(in_type, out_type, 5))
+    soft = es.soften(net, method="rpp", pathways=[(None, 4), None])
+    layer = soft[0] if isinstance(soft, enn.SequentialModule) else soft
+    assert isinstance(layer, es.nn.RPPR2Conv) and layer.pathways == [(None, 4), None]
+    with torch.no_grad():
+        layer.chain[0].weights.normal_(0, 0.3)
+    _, log = es.harden(soft, return_log=True)
+    assert [entry["subgroup"] for entry in log.values()] == ["C4"]
+
+
+def test_chain_levels_are_orthogonal():
+    """Every level is orthogonal to the strict span and to the other levels (on the sampled grid), so each level's
+    norm is the part of the filter that leaves S_{k-1} and keeps S_k."""
+    from escnn_soft.nn._relaxation import projection_gram
+
+    layer, _ = _layer("D4", None, pathways=[(None, 4), (None, 2), None])
+    with torch.no_grad():
+        for level in layer.chain:
+            level.weights.normal_()
+    filters = torch.stack([f.detach().reshape(f.shape[0], f.shape[1], -1) for f in layer.pathway_filters()])
+    gram = torch.einsum("kabp,jabp->kj", filters, filters)
+    off = gram - torch.diag(torch.diagonal(gram))
+    assert float(off.abs().max()) < 1e-5 * float(torch.diagonal(gram).min())
+    inside_strict = torch.diagonal(projection_gram(layer._basisexpansion, filters))
+    assert float((inside_strict / torch.diagonal(gram)).max()) < 1e-6
+    # orthonormal bases: the squared norm of a level's filter is the squared norm of its weights
+    for level, g in zip(layer.chain, torch.diagonal(gram)):
+        assert float(g) == pytest.approx(float(level.weights.detach().pow(2).sum()), rel=1e-5)
+
+
+def test_chain_checkpoint_carries_its_basis():
+    """A level's orthonormal basis is one choice among many: the state dict holds it, so a layer loading the
+    checkpoint computes the saved function even where its own basis came out rotated."""
+    layer, _ = _layer("D4", None, pathways=[(None, 4), None])
+    with torch.no_grad():
+        for level in layer.chain:
+            level.weights.normal_()
+    state = layer.state_dict()
+    assert {"chain.0.basis_0", "chain.1.basis_0"} <= set(state)
+    other, _ = _layer("D4", None, pathways=[(None, 4), None])
+    with torch.no_grad():                 # another orthonormal basis of the same level: rotate the basis vectors
+        basis = other.chain[1].basis_0
+        q, _ = torch.linalg.qr(torch.randn(basis.shape[0], basis.shape[0], dtype=basis.dtype))
+        basis.copy_((q @ basis.reshape(basis.shape[0], -1)).reshape(basis.shape))
+    x = random_input(layer)
+    with torch.no_grad():
+        for mine, theirs in zip(other.chain, layer.chain):
+            mine.weights.copy_(theirs.weights)
+        assert (other(x).tensor - layer(x).tensor).abs().max() > 1e-3   # the same weights in another basis
+        other.load_state_dict(state)
+        torch.testing.assert_close(other(x).tensor, layer(x).tensor)
