@@ -43,7 +43,7 @@ probabilistic layer's ``equivariant_fraction`` at least ``--threshold`` (default
 
 Usage::
 
-    python benchmarks/tetris3d.py [--rotations octa so3] [--methods strict-O3 strict-SO3 probabilistic relaxed relaxed-trivial]
+    python benchmarks/tetris3d.py [--rotations octa so3] [--methods strict-O3 strict-SO3 probabilistic relaxed relaxed-trivial rpp-chain]
         [--epochs 15] [--n-per-class 48] [--seed 0] [--out benchmarks/results_3d_tetris.json]
 """
 from __future__ import annotations
@@ -172,7 +172,7 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
         width: tuple[int, int, int] = (4, 4, 16), act: str = "tensor", lambda_by: str = "regularisers",
         lr_hyp: float = 0.05, marglik_batch: int = 64, relaxed_kwargs: dict | None = None,
         align_weight: float = 5.0, kl_weight: float = 3.0, lambda_L: int = 2, low_memory: bool = False,
-        hypersteps: int = 5) -> dict:
+        hypersteps: int = 5, level_precision: float = 1.0) -> dict:
     torch.manual_seed(seed)
     train = Tetris3D("train", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
     test = Tetris3D("test", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
@@ -184,19 +184,29 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
     start = time.perf_counter()
     extra: dict = {}
     if (method == "probabilistic" and lambda_by == "evidence") or method == "rpp-chain":
-        from escnn_soft.laplace import DEFAULT_EXCLUDED, marglik_training, refresh_batchnorm
+        from escnn_soft.laplace import (
+            DEFAULT_EXCLUDED,
+            ParameterRegistry,
+            marglik_training,
+            refresh_batchnorm,
+        )
 
         chain = method == "rpp-chain"   # prior precisions per tensor (one per level), no network hyperparameters
+        exclude = (*DEFAULT_EXCLUDED, enn.TensorProductModule)
+        delta0: float | torch.Tensor = 1.0
+        if chain:   # the levels start at --level-precision (closed for a large one), every other tensor at 1
+            groups = ParameterRegistry(model, hyperparameters=[], exclude=exclude, prior_structure="parameterwise").groups
+            delta0 = torch.tensor([level_precision if ".chain." in g else 1.0 for g in groups])
         # escnn's TensorProductModule has no Laplace support: its quadratic map's weights stay point estimates
         model, hist = marglik_training(model, loader, n_epochs=epochs, lr=lr, lr_hyp=lr_hyp,
                                        n_epochs_burnin=epochs // 4, marglik_frequency=max(1, epochs // 12),
                                        n_hypersteps=hypersteps, marglik_batch_size=None if chain else marglik_batch,
                                        low_memory=low_memory and not chain,
                                        prior_structure="parameterwise" if chain else "layerwise",
-                                       hyperparameters=[] if chain else "likelihoods", progress=False, seed=seed,
-                                       exclude=(*DEFAULT_EXCLUDED, enn.TensorProductModule))
+                                       prior_precision=delta0, hyperparameters=[] if chain else "likelihoods",
+                                       progress=False, seed=seed, exclude=exclude)
         extra = {"lambda_by": "evidence", "lr_hyp": lr_hyp, "hypersteps": hypersteps, "marglik": hist["marglik"],
-                 **({} if chain else {"marglik_batch": marglik_batch})}
+                 **({"level_precision": level_precision} if chain else {"marglik_batch": marglik_batch})}
         if chain:   # the evidence's prior precision of every level and its filter's norm relative to the strict one
             delta = dict(zip(hist["groups"], hist["prior_precision"][-1]))
             extra["levels"] = {name: [{"subgroup": p["subgroup"], "norm_ratio": p["norm_ratio"],
@@ -276,6 +286,8 @@ def main() -> None:
     parser.add_argument("--hypersteps", type=int, default=5,
                         help="evidence (--lambda-by evidence, rpp-chain): Adam steps per update; with lr-hyp they bound "
                              "how far a prior precision moves (5 x 0.05 per update: a factor e^0.25)")
+    parser.add_argument("--level-precision", type=float, default=1.0,
+                        help="rpp-chain: initial prior precision of every level (the other tensors start at 1)")
     parser.add_argument("--lambda-L", type=int, default=2,
                         help="probabilistic: band limit of λ over O(3) (0: λ = 1 + c·det h, reflections only)")
     parser.add_argument("--low-memory", action="store_true",
@@ -294,7 +306,8 @@ def main() -> None:
             rows.append(run(method, rotations, args.epochs, args.n_per_class, args.seed, args.lr, args.tol,
                             args.threshold, args.plot_dir, args.size, args.scale, tuple(args.width),
                             args.act, args.lambda_by, args.lr_hyp, args.marglik_batch, relaxed_kwargs,
-                            args.align_weight, args.kl_weight, args.lambda_L, args.low_memory, args.hypersteps))
+                            args.align_weight, args.kl_weight, args.lambda_L, args.low_memory, args.hypersteps,
+                            args.level_precision))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
     if args.out:
