@@ -110,8 +110,13 @@ class TetrisNet(torch.nn.Module):
         return self.head(y.mean(dim=(2, 3, 4)))
 
 
+#: ``--chain`` names of O(3) subgroup ids
+CHAIN_IDS = {"so3": "so3", "octa": (False, "octa"), "trivial": None}
+
+
 def build(method: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int = 16, act: str = "tensor",
-          relaxed_kwargs: dict | None = None, lambda_L: int = 2) -> torch.nn.Module:
+          relaxed_kwargs: dict | None = None, lambda_L: int = 2, chain: tuple[str, ...] = ("so3", "trivial")
+          ) -> torch.nn.Module:
     kw = {"n_scalars": n_scalars, "n_vectors": n_vectors, "n_invariant": n_invariant, "act": act}
     if method == "strict-SO3":
         return TetrisNet("SO3", **kw)
@@ -122,7 +127,7 @@ def build(method: str, n_scalars: int = 4, n_vectors: int = 4, n_invariant: int 
         es.soften(net, method="relaxed", relaxed_subgroup="so3" if method == "relaxed" else None,
                   **(relaxed_kwargs or {}))
     elif method == "rpp-chain":
-        es.soften(net, method="rpp", pathways=["so3", None])
+        es.soften(net, method="rpp", pathways=[CHAIN_IDS[name] for name in chain])
     return net
 
 
@@ -172,12 +177,12 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
         width: tuple[int, int, int] = (4, 4, 16), act: str = "tensor", lambda_by: str = "regularisers",
         lr_hyp: float = 0.05, marglik_batch: int = 64, relaxed_kwargs: dict | None = None,
         align_weight: float = 5.0, kl_weight: float = 3.0, lambda_L: int = 2, low_memory: bool = False,
-        hypersteps: int = 5, level_precision: float = 1.0) -> dict:
+        hypersteps: int = 5, level_precision: float = 1.0, chain: tuple[str, ...] = ("so3", "trivial")) -> dict:
     torch.manual_seed(seed)
     train = Tetris3D("train", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
     test = Tetris3D("test", rotations, n_per_class=n_per_class, seed=seed, size=size, scale=scale)
     start = time.perf_counter()
-    model = build(method, *width, act=act, relaxed_kwargs=relaxed_kwargs, lambda_L=lambda_L)
+    model = build(method, *width, act=act, relaxed_kwargs=relaxed_kwargs, lambda_L=lambda_L, chain=chain)
     built = time.perf_counter() - start
     loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True,
                                          generator=torch.Generator().manual_seed(seed))
@@ -191,23 +196,24 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
             refresh_batchnorm,
         )
 
-        chain = method == "rpp-chain"   # prior precisions per tensor (one per level), no network hyperparameters
+        is_chain = method == "rpp-chain"   # one prior precision per tensor (per level)
         exclude = (*DEFAULT_EXCLUDED, enn.TensorProductModule)
         delta0: float | torch.Tensor = 1.0
-        if chain:   # the levels start at --level-precision (closed for a large one), every other tensor at 1
+        if is_chain:   # the levels start at --level-precision (closed for a large one), every other tensor at 1
             groups = ParameterRegistry(model, hyperparameters=[], exclude=exclude, prior_structure="parameterwise").groups
             delta0 = torch.tensor([level_precision if ".chain." in g else 1.0 for g in groups])
         # escnn's TensorProductModule has no Laplace support: its quadratic map's weights stay point estimates
         model, hist = marglik_training(model, loader, n_epochs=epochs, lr=lr, lr_hyp=lr_hyp,
                                        n_epochs_burnin=epochs // 4, marglik_frequency=max(1, epochs // 12),
-                                       n_hypersteps=hypersteps, marglik_batch_size=None if chain else marglik_batch,
-                                       low_memory=low_memory and not chain,
-                                       prior_structure="parameterwise" if chain else "layerwise",
-                                       prior_precision=delta0, hyperparameters=[] if chain else "likelihoods",
+                                       n_hypersteps=hypersteps, marglik_batch_size=None if is_chain else marglik_batch,
+                                       low_memory=low_memory and not is_chain,
+                                       prior_structure="parameterwise" if is_chain else "layerwise",
+                                       prior_precision=delta0, hyperparameters=[] if is_chain else "likelihoods",
                                        progress=False, seed=seed, exclude=exclude)
         extra = {"lambda_by": "evidence", "lr_hyp": lr_hyp, "hypersteps": hypersteps, "marglik": hist["marglik"],
-                 **({"level_precision": level_precision} if chain else {"marglik_batch": marglik_batch})}
-        if chain:   # the evidence's prior precision of every level and its filter's norm relative to the strict one
+                 **({"level_precision": level_precision, "chain": list(chain)} if is_chain
+                    else {"marglik_batch": marglik_batch})}
+        if is_chain:   # the evidence's prior precision of every level and its filter's norm relative to the strict one
             delta = dict(zip(hist["groups"], hist["prior_precision"][-1]))
             extra["levels"] = {name: [{"subgroup": p["subgroup"], "norm_ratio": p["norm_ratio"],
                                        "prior_precision": delta.get(f"{name}.chain.{k}.weights")}
@@ -286,6 +292,8 @@ def main() -> None:
     parser.add_argument("--hypersteps", type=int, default=5,
                         help="evidence (--lambda-by evidence, rpp-chain): Adam steps per update; with lr-hyp they bound "
                              "how far a prior precision moves (5 x 0.05 per update: a factor e^0.25)")
+    parser.add_argument("--chain", nargs="+", default=["so3", "trivial"], choices=list(CHAIN_IDS),
+                        help="rpp-chain: the subgroups of the chain below O(3), largest first")
     parser.add_argument("--level-precision", type=float, default=1.0,
                         help="rpp-chain: initial prior precision of every level (the other tensors start at 1)")
     parser.add_argument("--lambda-L", type=int, default=2,
@@ -307,7 +315,7 @@ def main() -> None:
                             args.threshold, args.plot_dir, args.size, args.scale, tuple(args.width),
                             args.act, args.lambda_by, args.lr_hyp, args.marglik_batch, relaxed_kwargs,
                             args.align_weight, args.kl_weight, args.lambda_L, args.low_memory, args.hypersteps,
-                            args.level_precision))
+                            args.level_precision, tuple(args.chain)))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
     if args.out:

@@ -152,7 +152,7 @@ def _fit(layer, x, y, steps=300):
         loss = (layer(x).tensor - y).pow(2).mean()
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def test_peaked_likelihood_fits_a_non_equivariant_target():
