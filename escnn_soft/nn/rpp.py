@@ -204,6 +204,14 @@ class _RPPConv(SoftConvBase):
         filt = expand_blocks(self._free_expansion, self.free_weights[None])[0]
         return [filt.reshape(filt.shape[0], filt.shape[1], *self._kernel_shape)]
 
+    def _cache_parameters(self) -> list[torch.Tensor]:
+        """The layer's own parameters and, with a chain, every level's weights and basis (the eval-mode filter cache
+        is rebuilt when any of them changes)."""
+        own = list(self._parameters.values())
+        if self.chain is None:
+            return own
+        return own + [t for level in self.chain for t in (*level._parameters.values(), *level._buffers.values())]
+
     def _pathway_weights(self) -> list[torch.Tensor]:
         """The weights of each level (the chain's, or ``free_weights``)."""
         return [level.weights for level in self.chain] if self.chain is not None else [self.free_weights]

@@ -259,3 +259,18 @@ def test_chain_checkpoint_carries_its_basis():
         assert (other(x).tensor - layer(x).tensor).abs().max() > 1e-3   # the same weights in another basis
         other.load_state_dict(state)
         torch.testing.assert_close(other(x).tensor, layer(x).tensor)
+
+
+def test_chain_eval_cache_follows_the_levels():
+    """In eval mode the filter is cached; a change of a level's weights (a submodule's parameter) or of its basis (a
+    checkpoint) must reach the output."""
+    layer, _ = _layer("D4", None, pathways=[(None, 4), None])
+    layer.eval()
+    x = random_input(layer)
+    with torch.no_grad():
+        before = layer(x).tensor.clone()
+        layer.chain[1].weights.normal_()
+        after = layer(x).tensor.clone()
+        assert (after - before).abs().max() > 1e-3
+        layer.chain[1].basis_0.mul_(2.0)
+        torch.testing.assert_close(layer(x).tensor - before, 2 * (after - before))
