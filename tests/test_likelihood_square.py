@@ -111,7 +111,7 @@ def test_the_softmax_series_rings_below_zero_where_the_square_does_not():
     elements = _dense_elements(G)
     softmax = _random_(GroupLikelihood(G, L=3), 0)
     assert float(softmax.density(elements).detach().min()) < -0.5
-    assert float(_random_(_square("O2"), 0).density(elements).min()) >= 0.0
+    assert float(_random_(_square("O2"), 0).density(elements).detach().min()) >= 0.0
 
 
 @pytest.mark.parametrize("name", list(GROUPS))
