@@ -128,7 +128,6 @@ class _RPPConv(SoftConvBase):
             self._pathway_subgroups = subgroups
             self.chain = torch.nn.ModuleList(self._chain_levels())
         else:
-            self._pathway_subgroups = [None if relaxed_subgroup is None else (self.relaxed_subgroup, self._subgroup)]
             self.chain = None
             self._free_expansion = self._subgroup_expansion() if self._relaxed_subgroup_given else None
             shape = ((self._free_expansion.dimension(),) if self._free_expansion is not None else
@@ -170,18 +169,17 @@ class _RPPConv(SoftConvBase):
 
     def _chain_levels(self) -> list[ComplementPathway]:
         """One :class:`ComplementPathway` per pathway: :math:`\\mathcal K_{S_k} \\ominus \\mathcal K_{S_{k-1}}`
-        between every pair of representations of the layer's fields."""
+        between every pair of representations of the layer's fields (each level's span sampled once per pair)."""
         points = int(np.prod(self._kernel_shape))
         levels: list[Any] = ["G", *self._pathway_subgroups]
         in_groups, out_groups = fields_by_representation(self.in_type), fields_by_representation(self.out_type)
-        out = []
-        for k in range(1, len(levels)):
-            pairs = []
-            for r_in, in_idx in in_groups:
-                for r_out, out_idx in out_groups:
+        pairs: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in self.pathways]
+        for r_in, in_idx in in_groups:
+            for r_out, out_idx in out_groups:
+                spans = [self._pair_span(level, r_out, r_in) for level in levels]
+                for k in range(1, len(levels)):
                     try:
-                        basis = orthonormal_complement(self._pair_span(levels[k], r_out, r_in),
-                                                       self._pair_span(levels[k - 1], r_out, r_in))
+                        basis = orthonormal_complement(spans[k], spans[k - 1])
                     except NotNestedError:
                         names = [lv if lv == "G" else None if lv is None else lv[1].name for lv in levels]
                         given = ["G", *self.pathways]
@@ -189,10 +187,9 @@ class _RPPConv(SoftConvBase):
                                          f"{given[k - 1]!r} ({names[k - 1]}); list the pathways from the largest "
                                          "subgroup to the smallest, each inside the one before") from None
                     if basis.shape[0]:
-                        pairs.append((out_idx, in_idx, basis.reshape(-1, r_out.size, r_in.size, points)
-                                      .to(torch.get_default_dtype())))
-            out.append(ComplementPathway(pairs, self.out_type.size, self.in_type.size, points))
-        return out
+                        pairs[k - 1].append((out_idx, in_idx, basis.reshape(-1, r_out.size, r_in.size, points)
+                                             .to(torch.get_default_dtype())))
+        return [ComplementPathway(level, self.out_type.size, self.in_type.size, points) for level in pairs]
 
     def pathway_filters(self) -> list[torch.Tensor]:
         """The free filter of each level, ``(C_out, C_in/groups, k, ...)``: the chain's levels :math:`K_1, \\dots,
@@ -225,13 +222,14 @@ class _RPPConv(SoftConvBase):
 
     def free_filter(self) -> torch.Tensor:
         """:math:`K_\\text{free}` (the sum of the pathways), shape ``(C_out, C_in/groups, k, k)``."""
-        filters = self.pathway_filters()
-        return filters[0] if len(filters) == 1 else torch.stack(filters).sum(0)
+        return _summed(self.pathway_filters())
 
     def _expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.strict_filter() + self.free_filter(), self.strict_bias()
 
     def _given_subgroups(self) -> list[tuple[Any, Any]]:
+        if self.chain is None:
+            return super()._given_subgroups()
         return [sub for sub in self._pathway_subgroups if sub is not None]
 
     def hyperparameters(self) -> dict[str, torch.Tensor]:
@@ -248,7 +246,7 @@ class _RPPConv(SoftConvBase):
     def degree(self) -> dict[str, Any]:
         with torch.no_grad():
             strict, pathways = self.strict_filter(), self.pathway_filters()
-            free = pathways[0] if len(pathways) == 1 else torch.stack(pathways).sum(0)
+            free = _summed(pathways)
             strict_norm = float(strict.norm())
             ratio = float(free.norm()) / strict_norm if strict_norm > 0 else None
             variances = torch.exp(self.log_variance_free).reshape(-1).tolist()
@@ -271,6 +269,11 @@ class _RPPConv(SoftConvBase):
     def extra_repr(self) -> str:
         s = super().extra_repr()
         return s + f", pathways={self.pathways!r}" if len(self.pathways) > 1 else s
+
+
+def _summed(filters: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of the pathways' filters (the one filter itself, without a copy, for a single pathway)."""
+    return filters[0] if len(filters) == 1 else torch.stack(filters).sum(0)
 
 
 class RPPR2Conv(_RPPConv, SoftR2ConvBase):
