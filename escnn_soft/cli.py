@@ -15,6 +15,7 @@ from typing import Any
 from escnn_soft.doublemnist.checkpoint import load_checkpoint, save_checkpoint
 from escnn_soft.doublemnist.config import (
     DEVICES,
+    MARGLIK_PRIORS,
     PARAMETERISATIONS,
     SOURCES,
     SYMMETRIES,
@@ -28,7 +29,7 @@ __all__ = ["build_parser", "load_checkpoint", "main", "save_checkpoint"]
 _DEFAULTS = RunConfig()
 
 
-def _methods(text: str) -> tuple[str, ...]:
+def _comma_separated(text: str) -> tuple[str, ...]:
     return tuple(m for m in text.split(",") if m)
 
 
@@ -57,7 +58,7 @@ def _option(p: argparse.ArgumentParser, name: str, help: str | None = None, **kw
     """``--name`` with the default of :class:`RunConfig`'s field ``name`` (stated in the help), unless given."""
     kwargs.setdefault("default", getattr(_DEFAULTS, name, None))
     default = kwargs["default"]
-    if help is not None and default is not None and "action" not in kwargs:
+    if help is not None and default not in (None, ()) and "action" not in kwargs:
         help = f"{help} (default {','.join(default) if isinstance(default, tuple) else default})"
     p.add_argument("--" + name.replace("_", "-"), dest=name, help=help, **kwargs)
 
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train soft/strict/plain models on DoubleMNIST and report what they learned")
     _option(t, "method", "the method reported on first", choices=METHODS)
-    _option(t, "compare", "comma-separated methods trained alongside", type=_methods, default=_DEFAULTS.compare)
+    _option(t, "compare", "comma-separated methods trained alongside", type=_comma_separated, default=_DEFAULTS.compare)
     _option(t, "symmetry", "the transformations of the digits", choices=SYMMETRIES)
     _option(t, "group", "the group of the steerable networks", choices=GROUPS)
     _option(t, "epochs", "training epochs", type=int)
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     _option(t, "bank_in_fraction", "share of each layer's input fields the position-modulated filters read "
             "(relaxed; 1: every field; with --bank-fraction 0.25, 0.25 makes the modulated convolution 1/16 of "
             "the strict one)", type=float)
+    _option(t, "pathways", "rpp: a chain of subgroups, comma-separated, each inside the one before (e.g. "
+            "C4,trivial): one relaxation level per subgroup, each with its own prior under --marglik-prior "
+            "parameterwise; default one free path", type=_comma_separated)
     _option(t, "batch_size", "global batch (divided among torchrun's processes)", type=int)
     _option(t, "lr", "Adam learning rate, cosine schedule", type=float)
     _option(t, "seed", "seed of the data, the initialisation and the batches", type=int)
@@ -113,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     _option(t, "marglik_low_memory", "evidence gradients in two passes holding one batch's graph (the same steps; "
             "memory of one batch instead of the whole --marglik-batch subset, about twice the forward passes)",
             action="store_true")
+    _option(t, "marglik_prior", "prior precisions the evidence learns: one per layer, or one per trained tensor "
+            "(each rpp pathway level its own)", choices=MARGLIK_PRIORS)
     t.set_defaults(func=cmd_train)
     r = sub.add_parser("report", help="accuracy, per-layer degree and subgroup report of a checkpoint")
     r.add_argument("checkpoint")

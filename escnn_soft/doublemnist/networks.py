@@ -38,8 +38,9 @@ Two architectures (``arch`` of :func:`build_model`):
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,7 @@ __all__ = [
     "make_gspace",
     "method_summary",
     "network_size",
+    "pathway_subgroups",
     "thesis_band_limits",
 ]
 
@@ -124,6 +126,45 @@ def make_gspace(group: str, max_frequency: int = 2) -> GSpace2D:
     if group == "SO2":
         return gspaces.rot2dOnR2(-1, maximum_frequency=2 * max_frequency + 2)
     return gspaces.flipRot2dOnR2(-1, maximum_frequency=2 * max_frequency + 2)
+
+
+def pathway_subgroups(group: str, names: Sequence[str]) -> list[Any]:
+    """The escnn subgroup ids of a chain of subgroup names of ``group`` for ``RPPR2Conv(..., pathways=...)``: a name of
+    :func:`escnn_soft.subgroups.default_subgroups` (e.g. ``C4``) other than the group itself, or ``trivial`` (id
+    ``None``, last only). Whether the chain is nested is checked by the layer."""
+    from escnn_soft.subgroups import default_subgroups
+
+    named = {k: v for k, v in default_subgroups(make_gspace(group).fibergroup).items() if v is not None}
+    known = ", ".join([*named, "trivial"])
+    out = []
+    for i, name in enumerate(names):
+        if name == "trivial":
+            if i != len(names) - 1:
+                raise ValueError(f"'trivial' must come last in the chain {','.join(names)}")
+            out.append(None)
+        elif name not in named:
+            raise ValueError(f"{name!r} is not a proper subgroup of {group} that can be named here; choose from "
+                             f"{known}, each inside the one before (e.g. C4,trivial)")
+        elif i and not _contains(names[i - 1], name):
+            raise ValueError(f"{names[i - 1]} does not contain {name}; list the chain from the largest subgroup to "
+                             f"the smallest, each inside the one before (e.g. C4,C2,trivial)")
+        else:
+            out.append(named[name])
+    return out
+
+
+def _contains(larger: str, smaller: str) -> bool:
+    """Whether the planar subgroup named ``larger`` contains the one named ``smaller`` (names of
+    :func:`pathway_subgroups`: ``C<n>``, ``D<n>``, ``flips`` = D1, ``SO2`` = C∞, ``O2`` = D∞; reflections about the
+    same axis): :math:`C_m \\subseteq C_n, D_n` and :math:`D_m \\subseteq D_n` iff :math:`m \\mid n`."""
+    def kind_order(name: str) -> tuple[str, float]:
+        special = {"flips": ("D", 1), "SO2": ("C", math.inf), "O2": ("D", math.inf)}
+        return special[name] if name in special else (name[0], int(name[1:]))
+
+    (k1, n1), (k2, n2) = kind_order(larger), kind_order(smaller)
+    if k1 == "C" and k2 == "D":
+        return False
+    return n1 == math.inf or (n2 != math.inf and n1 % n2 == 0)
 
 
 def conv_factory(method: str, **method_kwargs) -> Callable[..., EquivariantModule]:

@@ -252,7 +252,7 @@ def _train_marglik(model: torch.nn.Module, train_set, config: RunConfig, ctx: Di
     model, hist = marglik_training(model, loader, n_epochs=config.epochs, lr=config.lr,
                                    n_epochs_burnin=max(1, config.epochs // 2), marglik_frequency=1,
                                    n_hypersteps=config.marglik_steps, marglik_batch_size=config.marglik_batch,
-                                   low_memory=config.marglik_low_memory,
+                                   low_memory=config.marglik_low_memory, prior_structure=config.marglik_prior,
                                    extra_loss=functools.partial(regularization_loss, align_weight=0.0, kl_weight=0.0),
                                    seed=config.seed, stochastic=True, on_epoch_end=next_epoch,
                                    progress=ctx.is_main)

@@ -183,8 +183,8 @@ class _RPPConv(SoftConvBase):
                     except NotNestedError:
                         names = [lv if lv == "G" else None if lv is None else lv[1].name for lv in levels]
                         given = ["G", *self.pathways]
-                        raise ValueError(f"pathways: {given[k]!r} ({names[k] or 'trivial'}) does not contain "
-                                         f"{given[k - 1]!r} ({names[k - 1]}); list the pathways from the largest "
+                        raise ValueError(f"pathways: {given[k - 1]!r} ({names[k - 1]}) does not contain "
+                                         f"{given[k]!r} ({names[k] or 'trivial'}); list the pathways from the largest "
                                          "subgroup to the smallest, each inside the one before") from None
                     if basis.shape[0]:
                         pairs[k - 1].append((out_idx, in_idx, basis.reshape(-1, r_out.size, r_in.size, points)

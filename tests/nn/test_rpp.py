@@ -196,7 +196,7 @@ def test_chain_bad_input():
             ({"pathways": []}, r"pathways: \[\]; pass a non-empty list"),
             ({"pathways": [None, (None, 4)]}, r"pathways: \[None, \(None, 4\)\]; None .* last"),
             ({"pathways": [(None, 4)], "relaxed_subgroup": (0, 1)}, r"relaxed_subgroup: \(0, 1\) given with pathways"),
-            ({"pathways": [(0, 1), (None, 4)]}, r"pathways: \(None, 4\) \(C4\) does not contain \(0, 1\) \(.*\); list the pathways from the largest"),
+            ({"pathways": [(0, 1), (None, 4)]}, r"pathways: \(0, 1\) \(.*\) does not contain \(None, 4\) \(C4\); list the pathways from the largest"),
             ({"pathways": [(None, 4), None], "variance_free": [1.0]}, r"variance_free: \[1.0\] has 1 values for 2"),
             ({"pathways": [(None, 3)]}, r"pathways: \(None, 3\) is not a subgroup id")):
         with pytest.raises(ValueError, match=pattern):
