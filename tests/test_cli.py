@@ -226,6 +226,7 @@ def test_rpp_subgroup_chain_under_the_evidence_gets_one_precision_per_level_and_
                  "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "blocks.1.0.chain.0.weights" in printed and "blocks.1.0.chain.1.weights" in printed
+    assert "levels (norm ratio) 4:" in printed and ", trivial:" in printed  # what each level learned
     model, meta, _ = load_checkpoint(tmp_path / "rpp.pt")
     assert meta["pathways"] == ["C4", "trivial"]
     convs = [m for m in model.modules() if isinstance(m, es.nn.RPPR2Conv)]

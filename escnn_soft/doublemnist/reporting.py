@@ -56,6 +56,9 @@ def describe_degrees(model: torch.nn.Module, out: Path, name: str) -> list[str]:
         if subs:  # probabilistic layers: the share of the filter that respects each subgroup
             parts.append("equivariant fraction " + ", ".join(
                 f"{s}:{d['equivariant_fraction']:.3f}" for s, d in subs.items() if "equivariant_fraction" in d))
+        if deg.get("pathways"):  # an RPP subgroup chain: each level's filter norm relative to the strict filter
+            parts.append("levels (norm ratio) " + ", ".join(
+                f"{p['subgroup'] or 'trivial'}:{p['norm_ratio']:.3f}" for p in deg["pathways"]))
         lines.append(f"  {layer:<24} " + "; ".join(parts))
     for layer_name, module in model.named_modules():
         fig = module.plot() if isinstance(module, SoftModule) else None
