@@ -10,8 +10,9 @@ One layer between gated-style field types of SO(3) or O(3) (``--fields`` copies 
 * ``build s``: construction time of the layer.
 
 Layers: ``strict`` (escnn ``R3Conv``), ``conv3d`` (``torch.nn.Conv3d`` with as many channels), ``relaxed``
-(``RelaxedR3Conv`` defaults), ``relaxed (bank 1/4)`` (``bank_fraction=0.25``), ``relaxed (bank 1/4, in 1/4)``
-(``bank_fraction=0.25, bank_in_fraction=0.25``), ``relaxed (stationary)``
+(``RelaxedR3Conv`` with every field modulated, ``bank_fraction=bank_in_fraction=1``: the paper's layer),
+``relaxed (bank 1/4)`` (``bank_fraction=0.25``), ``relaxed (bank 1/4, in 1/4)``
+(``bank_fraction=0.25, bank_in_fraction=0.25``: the layer's default), ``relaxed (stationary)``
 (``lengthscale=inf``), ``rpp``, ``rsteer``,
 ``probabilistic`` (``ProbabilisticR3Conv`` defaults). The fastest of ``--rounds`` interleaved rounds (process CPU
 time, one thread) is reported with its ratio to strict. ``--network`` also times the construction of the
@@ -58,6 +59,8 @@ def build(layer: str, group: str, fields: int, kernel: int) -> torch.nn.Module:
            "relaxed (bank 1/4, in 1/4)": es.nn.RelaxedR3Conv,
            "relaxed (stationary)": es.nn.RelaxedR3Conv, "rpp": es.nn.RPPR3Conv,
            "rsteer": es.nn.RSteerR3Conv, "probabilistic": es.nn.ProbabilisticR3Conv}[layer]
+    if layer.startswith("relaxed"):  # "relaxed": the paper's layer, every field modulated
+        kw.update(bank_fraction=1.0, bank_in_fraction=1.0)
     if layer == "relaxed (stationary)":
         kw["lengthscale"] = float("inf")
     if layer.startswith("relaxed (bank 1/4"):

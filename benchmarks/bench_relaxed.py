@@ -47,13 +47,13 @@ METHODS = ("strict", "relaxed", "relaxed (bank 1/4)", "relaxed (bank 1/4, in 1/4
 
 def _model(method: str, group: str, arch: str = "default", width_multiplier: int | None = None) -> torch.nn.Module:
     kwargs = {} if arch == "default" else {"arch": arch, "width_multiplier": width_multiplier}
+    fractions = {"relaxed": (1.0, 1.0), "relaxed (stationary)": (1.0, 1.0), "relaxed (bank 1/4)": (0.25, 1.0),
+                 "relaxed (bank 1/4, in 1/4)": (0.25, 0.25)}  # "relaxed": the paper's layer, every field modulated
+    if method in fractions:
+        kwargs.update(bank_fraction=fractions[method][0], bank_in_fraction=fractions[method][1])
     if method == "relaxed (stationary)":
-        return build_model("relaxed", group, lengthscale=float("inf"), **kwargs)
-    if method == "relaxed (bank 1/4)":
-        return build_model("relaxed", group, bank_fraction=0.25, **kwargs)
-    if method == "relaxed (bank 1/4, in 1/4)":
-        return build_model("relaxed", group, bank_fraction=0.25, bank_in_fraction=0.25, **kwargs)
-    return build_model(method, group, **kwargs)
+        kwargs["lengthscale"] = float("inf")
+    return build_model("relaxed" if method in fractions else method, group, **kwargs)
 
 
 def _timer(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool

@@ -122,7 +122,10 @@ def tables(results: dict, cfg: argparse.Namespace) -> str:
     size = f"width {cfg.width}" if cfg.arch == "default" else f"thesis network, k = {cfg.width_multiplier}"
     lines = [(f"Test accuracy, mean ± std over up to {cfg.seeds} seeds ({cfg.n_images} images, {cfg.epochs} epochs, "
              f"{size}, group {cfg.group}, read-out {cfg.readout!r}, batch {cfg.batch_size}, lr {cfg.lr}, λ band "
-             f"limit {cfg.L}, {cfg.parameterisation} likelihoods); in brackets the reference of METHODS section 6."), "",
+             f"limit {cfg.L}, {cfg.parameterisation} likelihoods"
+             + (f"; relaxed: modulated filters on ρ = {cfg.bank_fraction:g} of the output and ρ_in = "
+                f"{cfg.bank_in_fraction:g} of the input fields" if "relaxed" in cfg.methods else "")
+             + "); in brackets the reference of METHODS section 6."), "",
              "| method | " + " | ".join(syms) + " | mean |", "|---" * (len(syms) + 2) + "|"]
     means: dict[str, dict[str, float]] = {}
     for m in cfg.methods:
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="likelihoods of the probabilistic runs (escnn-soft train --parameterisation)")
     p.add_argument("--bank-fraction", type=float, default=1.0,
                    help="relaxed runs: share of the output fields the modulated filters reach (escnn-soft train "
-                        "--bank-fraction)")
+                        "--bank-fraction; default 1 here, the paper's layer, where the library's default is 0.25)")
     p.add_argument("--bank-in-fraction", type=float, default=1.0,
                    help="relaxed runs: share of the input fields the modulated filters read (escnn-soft train "
                         "--bank-in-fraction)")

@@ -239,7 +239,8 @@ def run(method: str, rotations: str, epochs: int, n_per_class: int, seed: int, l
             "test_accuracy": acc, "chiral_pair_accuracy": pair, "build_s": built, "train_s": trained,
             "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "layers": kept_subgroups(model, tol, threshold), **extra,
-            **({"relaxed_kwargs": relaxed_kwargs} if method.startswith("relaxed") and relaxed_kwargs else {}),
+            **({"relaxed_kwargs": relaxed_kwargs}
+               if method.startswith("relaxed") and relaxed_kwargs and set(relaxed_kwargs.values()) != {1.0} else {}),
             **({"lambda_L": lambda_L} if method == "probabilistic" and lambda_L != 2 else {}),
             **({"align_weight": align_weight, "kl_weight": kl_weight}
                if method == "probabilistic" and lambda_by == "regularisers" and (align_weight, kl_weight) != (5.0, 3.0)
@@ -302,12 +303,13 @@ def main() -> None:
                         help="--lambda-by evidence: two-pass evidence gradients (marglik_training(low_memory=True)), "
                              "the memory of one batch instead of the whole --marglik-batch subset")
     parser.add_argument("--bank-fraction", type=float, default=1.0,
-                        help="relaxed: share of the output fields the modulated filters reach (RelaxedR3Conv)")
+                        help="relaxed: share of the output fields the modulated filters reach (RelaxedR3Conv; default 1, the "
+                             "paper's layer)")
     parser.add_argument("--bank-in-fraction", type=float, default=1.0,
-                        help="relaxed: share of the input fields the modulated filters read (RelaxedR3Conv)")
+                        help="relaxed: share of the input fields the modulated filters read (RelaxedR3Conv; default 1)")
     args = parser.parse_args()
-    relaxed_kwargs = {k: v for k, v in (("bank_fraction", args.bank_fraction),
-                                        ("bank_in_fraction", args.bank_in_fraction)) if v != 1}
+    # the rows record the fractions only where they are not 1 (the paper's layer, this script's default)
+    relaxed_kwargs = {"bank_fraction": args.bank_fraction, "bank_in_fraction": args.bank_in_fraction}
     rows = []
     for rotations in args.rotations:
         for method in args.methods:

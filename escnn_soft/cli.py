@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     _option(t, "parameterisation", "likelihood parameterisation (probabilistic): softmax on a grid (the paper's) "
             "or λ = f²/∫f², a density at every group element", choices=PARAMETERISATIONS)
     _option(t, "bank_fraction", "share of each layer's output fields the position-modulated filters reach "
-            "(relaxed; 1: every field, the paper's layer; 0.25: training step <= 1.5x strict)", type=float)
+            "(relaxed; 1: every field, the paper's layer; 0.25, the library's default: training step <= 1.5x "
+            "strict)", type=float)
     _option(t, "bank_in_fraction", "share of each layer's input fields the position-modulated filters read "
             "(relaxed; 1: every field; with --bank-fraction 0.25, 0.25 makes the modulated convolution 1/16 of "
             "the strict one)", type=float)

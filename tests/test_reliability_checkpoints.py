@@ -9,12 +9,14 @@ import torch
 from escnn_soft import __version__
 from escnn_soft.cli import load_checkpoint, main, save_checkpoint
 from escnn_soft.models import METHODS, build_model
+from escnn_soft.nn.relaxed import DEFAULT_BANK_FRACTION
 
 X = torch.rand(3, 1, 56, 56, generator=torch.Generator().manual_seed(0))
 
 
 def _meta(method: str, group: str = "C4", width: int = 1) -> dict:
     return {"method": method, "group": group, "width": width, "max_frequency": 2, "readout": "grid", "L": 2,
+            "bank_fraction": DEFAULT_BANK_FRACTION, "bank_in_fraction": DEFAULT_BANK_FRACTION,  # build_model's default
             "version": __version__}
 
 

@@ -65,8 +65,8 @@ class RunConfig:
     readout: str | None = None
     L: int = 2
     parameterisation: str = "softmax"
-    bank_fraction: float = 1.0
-    bank_in_fraction: float = 1.0
+    bank_fraction: float = 0.25
+    bank_in_fraction: float = 0.25
     pathways: tuple[str, ...] = ()
     batch_size: int = 32
     lr: float = 5e-3

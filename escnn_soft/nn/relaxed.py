@@ -28,8 +28,14 @@ from escnn_soft.nn._relaxation import (
 )
 from escnn_soft.subgroups import subgroup_matrices
 
-__all__ = ["RelaxedConv2dExport", "RelaxedConvExport", "RelaxedR2Conv", "RelaxedR3Conv", "bank_fields",
+__all__ = ["DEFAULT_BANK_FRACTION", "RelaxedConv2dExport", "RelaxedConvExport", "RelaxedR2Conv", "RelaxedR3Conv", "bank_fields",
            "position_features", "position_features_nd"]
+
+
+#: ``bank_fraction`` and ``bank_in_fraction`` when not given (``groups=1``): the modulated filters reach and read a
+#: quarter of the fields of each type, a training step of 1.14–1.19x strict escnn on the thesis DoubleMNIST network
+#: at the accuracy of modulating every field (``benchmarks/RESULTS.md``)
+DEFAULT_BANK_FRACTION = 0.25
 
 
 def bank_fields(field_type: FieldType, fraction: float) -> list[int]:
@@ -225,14 +231,17 @@ class _RelaxedConv(SoftConvBase):
             :math:`R_1, \\dots, R_L` reach (:func:`bank_fields`: the first :math:`\\lceil \\rho n\\rceil` fields of
             each field type); the other fields have :math:`g_l R_l = 0`, and :math:`R_0` reaches every field. The
             modulated convolution has :math:`\\rho` of the output channels (a second convolution, about
-            :math:`\\rho` of the strict one's cost where convolutions are large); ``1`` (default) is the layer above.
-            :math:`R_l` stay S-steerable between the restricted types, so every guarantee above holds.
+            :math:`\\rho` of the strict one's cost where convolutions are large); ``1`` is the layer above (van der
+            Ouderaa et al.'s: every output field modulated). ``None`` (default): :data:`DEFAULT_BANK_FRACTION` (¼),
+            or 1 for a grouped convolution (``groups > 1``, whose fields cannot be restricted). At a field type with
+            fewer than 4 fields a quarter is one field. :math:`R_l` stay S-steerable between the restricted types,
+            so every guarantee above holds.
         bank_in_fraction: :math:`\\rho_{in} \\in (0, 1]`, the share of the input fields the modulated filters read
             (the same rule on the input type); the modulated convolution then reads :math:`\\rho_{in}` of the input
             channels too, :math:`\\rho\\,\\rho_{in}` of the strict convolution's arithmetic. Convolution libraries
             work in blocks of output channels (oneDNN: 16 on AVX-512), so a narrow modulated convolution costs a whole
             block whatever :math:`\\rho`; reading fewer inputs is what shrinks it further (``results_3d.md``).
-            ``1`` (default): every input field.
+            ``1``: every input field; ``None`` (default): as ``bank_fraction``.
         num_features: :math:`M \\ge 1` random Fourier features.
         penalty_weight: :math:`\\lambda \\ge 0`.
         learn_hyperparameters: train :math:`\\log a` and :math:`\\log\\ell` (default); an amplitude of 0
@@ -251,8 +260,8 @@ class _RelaxedConv(SoftConvBase):
 
     def __init__(self, in_type: FieldType, out_type: FieldType, kernel_size: int, relaxed_subgroup: Any = None,
                  amplitude: float = 1.0, lengthscale: float = 1.0, num_banks: int = 1, num_features: int = 16,
-                 penalty_weight: float = 1e-3, learn_hyperparameters: bool = True, bank_fraction: float = 1.0,
-                 bank_in_fraction: float = 1.0, **r2conv_kwargs: Any):
+                 penalty_weight: float = 1e-3, learn_hyperparameters: bool = True, bank_fraction: float | None = None,
+                 bank_in_fraction: float | None = None, **r2conv_kwargs: Any):
         log_a = _positive_log(amplitude, "amplitude", allow_zero=True, allow_inf=False)
         log_l = _positive_log(lengthscale, "lengthscale", allow_zero=False, allow_inf=True)
         for name, value, low in (("num_banks", num_banks, 0), ("num_features", num_features, 1)):
@@ -261,6 +270,10 @@ class _RelaxedConv(SoftConvBase):
         if isinstance(penalty_weight, bool) or not isinstance(penalty_weight, (int, float)) or \
                 not penalty_weight >= 0:
             raise ValueError(f"penalty_weight: {penalty_weight!r} is not allowed; pass a number >= 0")
+        grouped = r2conv_kwargs.get("groups", 1) != 1  # a grouped convolution modulates every field (below)
+        bank_fraction = (1.0 if grouped else DEFAULT_BANK_FRACTION) if bank_fraction is None else bank_fraction
+        bank_in_fraction = ((1.0 if grouped else DEFAULT_BANK_FRACTION) if bank_in_fraction is None
+                            else bank_in_fraction)
         for name, value, what in (("bank_fraction", bank_fraction, "reach every output field"),
                                   ("bank_in_fraction", bank_in_fraction, "read every input field")):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:

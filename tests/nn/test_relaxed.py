@@ -84,6 +84,21 @@ def test_matches_per_pixel_filters_with_groups_stride_dilation():
     torch.testing.assert_close(y, ref)
 
 
+def test_default_fractions_are_a_quarter_and_every_field_for_a_grouped_convolution():
+    """``bank_fraction``/``bank_in_fraction`` not given: ¼ of the fields of each type (the cheap setting, one of
+    four regular fields here), 1 under ``groups > 1``; ``1`` given: the paper's layer (every field modulated)."""
+    gs = gspace("C4")
+    t = enn.FieldType(gs, 4 * [gs.regular_repr])
+    layer = es.nn.RelaxedR2Conv(t, t, 3)
+    assert (layer.bank_fraction, layer.bank_in_fraction) == (es.nn.relaxed.DEFAULT_BANK_FRACTION,) * 2 == (0.25, 0.25)
+    assert layer.bank_channels.tolist() == list(range(4)) and layer.bank_in_channels.tolist() == list(range(4))
+    grouped = es.nn.RelaxedR2Conv(t, t, 3, groups=2)
+    assert (grouped.bank_fraction, grouped.bank_in_fraction) == (1.0, 1.0) and grouped.bank_weights is None
+    paper = es.nn.RelaxedR2Conv(t, t, 3, bank_fraction=1, bank_in_fraction=1)
+    assert paper.bank_weights is None and paper.bank_in_channels is None
+    assert paper.relaxed_weights.shape[0] == paper.num_banks + 1  # R_0 .. R_L over every field
+
+
 def test_bank_fields_take_the_first_share_of_every_field_type():
     gs = gspace("D4")
     t = enn.FieldType(gs, [gs.trivial_repr] * 3 + [gs.irrep(1, 1)] * 4 + [gs.regular_repr] * 2 + [gs.trivial_repr])
