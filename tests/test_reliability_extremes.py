@@ -184,9 +184,11 @@ def _autocast_case(device: str, dtype: torch.dtype) -> None:
     8 bits of mantissa: ~0.4% per rounding)."""
     x = torch.rand(2, 1, 56, 56, generator=torch.Generator().manual_seed(0)).to(device)
     target = torch.tensor([1, 2], device=device)
-    for method in ("strict", "probabilistic", "relaxed", "rpp", "rsteer"):
+    for method, kwargs in (("strict", {}), ("probabilistic", {}), ("relaxed", {}), ("rpp", {}), ("rsteer", {}),
+                           ("relaxed", {"bank_fraction": 1.0, "bank_in_fraction": 1.0})):  # default ¼; every field
         torch.manual_seed(0)
-        model = build_model(method, group="SO2" if method == "probabilistic" else "C4", width=1, n_classes=10)
+        model = build_model(method, group="SO2" if method == "probabilistic" else "C4", width=1, n_classes=10,
+                            **kwargs)
         model.to(device).eval()
         with torch.no_grad():
             reference = model(x)

@@ -173,6 +173,7 @@ def _combine_partial(y0: torch.Tensor, yb: torch.Tensor, gains: torch.Tensor, ch
     """:math:`y_0 + \\sum_l g_l(u)\\, y_l (+ b)` with the banks ``yb`` (``(B, L C_b, *spatial)``, bank-major) added
     into the output ``channels`` of ``y0`` (``(B, C, *spatial)``)."""
     b, c = y0.shape[:2]
+    gains = gains.to(yb.dtype)  # under autocast the convolutions return float16/bfloat16, the gains stay float32
     out = _PartialBankCombine.apply(y0.reshape(b, c, -1), yb.reshape(b, yb.shape[1], -1),
                                     gains.reshape(gains.shape[0], -1), channels)
     return _add_bias(out.reshape(y0.shape), bias)

@@ -113,7 +113,9 @@ def test_parameters_acting_outside_the_ops_are_point_estimates_with_a_warning():
     with pytest.warns(UserWarning, match="relaxed.bias.*point estimates"):
         ev = LaplaceEvidence(Net()).fit(data)
     assert ev.point_estimates == ["relaxed.bias", "relaxed.bank_coefficients"]
-    assert ev.per_layer()[0]["n_params"] == layer.weights.numel() + layer.relaxed_weights.numel()
+    assert layer.bank_weights is not None  # the default ¼ of the fields: R_1 has its own tensor, in the Laplace
+    assert ev.per_layer()[0]["n_params"] == (layer.weights.numel() + layer.relaxed_weights.numel()
+                                             + layer.bank_weights.numel())
 
 
 def test_marglik_training_arguments():
