@@ -131,7 +131,10 @@ def make_gspace(group: str, max_frequency: int = 2) -> GSpace2D:
 def pathway_subgroups(group: str, names: Sequence[str]) -> list[Any]:
     """The escnn subgroup ids of a chain of subgroup names of ``group`` for ``RPPR2Conv(..., pathways=...)``: a name of
     :func:`escnn_soft.subgroups.default_subgroups` (e.g. ``C4``) other than the group itself, or ``trivial`` (id
-    ``None``, last only). Whether the chain is nested is checked by the layer."""
+    ``None``, last only), each contained in the one before (checked by name, :func:`_contains`).
+
+    Raises:
+        ValueError: an unknown name, ``trivial`` not last, or a name not inside the one before it."""
     from escnn_soft.subgroups import default_subgroups
 
     named = {k: v for k, v in default_subgroups(make_gspace(group).fibergroup).items() if v is not None}
