@@ -29,10 +29,6 @@ __all__ = ["build_parser", "load_checkpoint", "main", "save_checkpoint"]
 _DEFAULTS = RunConfig()
 
 
-def _comma_separated(text: str) -> tuple[str, ...]:
-    return tuple(m for m in text.split(",") if m)
-
-
 def cmd_train(options: dict[str, Any]) -> int:
     from escnn_soft.doublemnist.run import train
 
@@ -79,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train soft/strict/plain models on DoubleMNIST and report what they learned")
     _option(t, "method", "the method reported on first", choices=METHODS)
-    _option(t, "compare", "comma-separated methods trained alongside", type=_comma_separated, default=_DEFAULTS.compare)
+    _option(t, "compare", "comma-separated methods trained alongside")
     _option(t, "symmetry", "the transformations of the digits", choices=SYMMETRIES)
     _option(t, "group", "the group of the steerable networks", choices=GROUPS)
     _option(t, "epochs", "training epochs", type=int)
@@ -104,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
             "the strict one)", type=float)
     _option(t, "pathways", "rpp: a chain of subgroups, comma-separated, each inside the one before (e.g. "
             "C4,trivial): one relaxation level per subgroup, each with its own prior under --marglik-prior "
-            "parameterwise; default one free path", type=_comma_separated)
+            "parameterwise; default one free path")
     _option(t, "batch_size", "global batch (divided among torchrun's processes)", type=int)
     _option(t, "lr", "Adam learning rate, cosine schedule", type=float)
     _option(t, "seed", "seed of the data, the initialisation and the batches", type=int)

@@ -86,10 +86,10 @@ class RunConfig:
     marglik_prior: str = "layerwise"
 
     def __post_init__(self) -> None:
-        compare = self.compare.split(",") if isinstance(self.compare, str) else self.compare
-        object.__setattr__(self, "compare", tuple(m for m in compare if m))
-        pathways = self.pathways.split(",") if isinstance(self.pathways, str) else self.pathways
-        object.__setattr__(self, "pathways", tuple(p for p in pathways if p))
+        for name in ("compare", "pathways"):  # comma-separated on the command line
+            value = getattr(self, name)
+            object.__setattr__(self, name, tuple(v for v in (value.split(",") if isinstance(value, str) else value)
+                                                 if v))
         for name, choices in (("method", METHODS), ("symmetry", SYMMETRIES), ("group", GROUPS),
                               ("parameterisation", PARAMETERISATIONS), ("device", DEVICES), ("source", SOURCES),
                               ("marglik_prior", MARGLIK_PRIORS)):

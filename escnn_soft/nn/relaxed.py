@@ -271,10 +271,10 @@ class _RelaxedConv(SoftConvBase):
         if isinstance(penalty_weight, bool) or not isinstance(penalty_weight, (int, float)) or \
                 not penalty_weight >= 0:
             raise ValueError(f"penalty_weight: {penalty_weight!r} is not allowed; pass a number >= 0")
-        grouped = r2conv_kwargs.get("groups", 1) != 1  # a grouped convolution modulates every field (below)
-        bank_fraction = (1.0 if grouped else DEFAULT_BANK_FRACTION) if bank_fraction is None else bank_fraction
-        bank_in_fraction = ((1.0 if grouped else DEFAULT_BANK_FRACTION) if bank_in_fraction is None
-                            else bank_in_fraction)
+        # not given: a quarter, or every field for a grouped convolution (whose fields cannot be restricted, below)
+        default = 1.0 if r2conv_kwargs.get("groups", 1) != 1 else DEFAULT_BANK_FRACTION
+        bank_fraction = default if bank_fraction is None else bank_fraction
+        bank_in_fraction = default if bank_in_fraction is None else bank_in_fraction
         for name, value, what in (("bank_fraction", bank_fraction, "reach every output field"),
                                   ("bank_in_fraction", bank_in_fraction, "read every input field")):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:

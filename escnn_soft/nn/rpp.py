@@ -204,7 +204,7 @@ class _RPPConv(SoftConvBase):
     def _cache_parameters(self) -> list[torch.Tensor]:
         """The layer's own parameters and, with a chain, every level's weights and basis (the eval-mode filter cache
         is rebuilt when any of them changes)."""
-        own = list(self._parameters.values())
+        own = list(super()._cache_parameters())
         if self.chain is None:
             return own
         return own + [t for level in self.chain for t in (*level._parameters.values(), *level._buffers.values())]
