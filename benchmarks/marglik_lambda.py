@@ -157,14 +157,14 @@ def run_cell(symmetry: str, mode: str, seed: int, args: argparse.Namespace) -> d
         model, hist = marglik_training(model, data, n_epochs=args.epochs, lr=args.lr, lr_hyp=args.lr_hyp,
                                        n_epochs_burnin=args.epochs // 2, marglik_frequency=1,
                                        n_hypersteps=args.hypersteps, marglik_batch_size=args.marglik_batch,
-                                       low_memory=args.low_memory,
+                                       low_memory=args.low_memory, hold_idle=not args.no_hold,
                                        hyperparameters="likelihoods", stochastic=True, progress=False, seed=seed,
                                        lr_schedule=(lambda e: cosine_lr(1.0, e, args.epochs)) if mode == "evidence_cos"
                                        else None,
                                        on_epoch_end=lambda e, state: checkpoint(e, evidence=state,
                                                                                  shuffle=shuffle.get_state()),
                                        resume=saved["evidence"] if saved is not None else None)
-        extra = {"marglik": hist["marglik"], "train_loss": hist["loss"],
+        extra = {"marglik": hist["marglik"], "train_loss": hist["loss"], "held": hist["held"],
                  "per_layer": [{k: r[k] for k in ("name", "n_params", "prior_precision", "log_det_ratio", "scatter",
                                                   "contribution")} for r in hist["per_layer"][-1]]}
     else:
@@ -192,8 +192,9 @@ def run_cell(symmetry: str, mode: str, seed: int, args: argparse.Namespace) -> d
             "seconds": round(spent + time.time() - t0, 1), **({"resumed": True} if saved is not None else {}),
             "degrees": _degrees(model),
             "quarter_turn_mass": _mass(model, Path(args.out) / f"{symmetry}_{mode}_s{seed}_lambda.png"), **extra,
-            "config": {k: getattr(args, k) for k in ("n_images", "epochs", "arch", "width", "width_multiplier", "L", "lr",
-                                                     "lr_hyp", "batch_size", "hypersteps", "marglik_batch")}}
+            "config": {**{k: getattr(args, k) for k in ("n_images", "epochs", "arch", "width", "width_multiplier", "L",
+                                                        "lr", "lr_hyp", "batch_size", "hypersteps", "marglik_batch")},
+                       "hold_idle": not args.no_hold}}
     partial.unlink(missing_ok=True)
     return cell
 
@@ -338,6 +339,9 @@ def main() -> None:
     p.add_argument("--low-memory", action="store_true",
                    help="evidence cells: two-pass evidence gradients (marglik_training(low_memory=True)): the same "
                         "steps, memory of one batch instead of the whole --marglik-batch subset")
+    p.add_argument("--no-hold", action="store_true",
+                   help="let the prior shrink the pathway weights during the burn-in (marglik_training(hold_idle="
+                        "False): the recipe before the weights were held), for the comparison")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="cells folder (default marglik_lambda/, or marglik_lambda_medium/)")
     p.add_argument("--report-only", action="store_true")

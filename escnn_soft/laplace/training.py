@@ -18,8 +18,15 @@ step (:meth:`LaplaceEvidence.fit` with ``differentiable=True``), on the whole tr
 λ by the evidence (the probabilistic layers): ``hyperparameters="likelihoods"`` (or the default ``None``, which
 includes them) makes every layer's likelihood coefficients hyperparameters: they get no prior and no curvature, the
 weight optimiser never sees them (the task loss does not move λ), and only the evidence's Adam steps change them,
-starting from the uniform λ of the strict layer. No alignment or KL regulariser is needed (the Occam factor
-:math:`-\\tfrac12\\log\\det` of the curvature is what keeps λ symmetric); passing
+starting from the uniform λ of the strict layer. At the uniform λ the layers' pathway weights :math:`w_\\psi` do
+not reach the output (the filter holds them as :math:`w_\\psi \\tilde B(\\hat\\Lambda(\\psi))` with
+:math:`\\hat\\Lambda(\\psi) = 0`), so their only gradient is the prior's :math:`\\delta w_\\psi / N`, which Adam, being
+invariant to the gradient's scale, follows at the full learning rate: within a few dozen steps of the burn-in they
+are ~0, and the evidence's gradient with respect to :math:`\\hat\\Lambda(\\psi)`, proportional to them, vanishes
+(uniform λ becomes a fixed point however the data look; measured on DoubleMNIST, ``docs/laplace.md``). So the weights
+of :meth:`~escnn_soft.nn.base.SoftModule.idle_parameters` are held, not stepped, during every epoch in which the
+layer's λ is still uniform on their irrep (``history["held"]`` counts them per epoch). No alignment or KL regulariser
+is needed (the Occam factor :math:`-\\tfrac12\\log\\det` of the curvature is what keeps λ symmetric); passing
 ``extra_loss=escnn_soft.regularization_loss`` is warned about, as those terms act on λ only and so never reach
 the weights' optimiser.
 
@@ -69,7 +76,8 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
                      extra_loss: Callable[[nn.Module], Tensor] | None = None, progress: bool = True,
                      seed: int | None = None, on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
                      resume: dict[str, Any] | None = None,
-                     lr_schedule: Callable[[int], float] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                     lr_schedule: Callable[[int], float] | None = None,
+                     hold_idle: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``model`` and its hyperparameters with the Laplace evidence (module docstring).
 
     Args:
@@ -105,12 +113,17 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
         lr_schedule: the weights' learning rate of epoch ``e`` (0-based) is ``lr * lr_schedule(e)``, e.g.
             ``lambda e: 0.5 * (1 + math.cos(math.pi * e / n_epochs))`` (``None``: constant ``lr``); the
             hyperparameters keep ``lr_hyp``.
+        hold_idle: hold the weights the output does not depend on (a probabilistic layer's pathway weights while
+            its λ is uniform on their irrep) instead of letting the prior alone move them (module docstring);
+            ``False`` steps them like every other weight, which shrinks them during the burn-in (the behaviour
+            before this option, kept for comparisons).
 
     Returns:
         ``(model, history)`` with history keys ``groups`` (prior groups), ``loss`` (mean training loss per
         epoch), ``marglik_epochs``, ``marglik`` (log evidence after each update), ``prior_precision``
         (per group, after each update), ``sigma_noise`` (regression), ``per_layer`` (rows of
-        :meth:`LaplaceEvidence.per_layer` after each update) and ``evidence`` (the fitted
+        :meth:`LaplaceEvidence.per_layer` after each update), ``held`` (per epoch, how many weights were held
+        because the output did not depend on them: module docstring) and ``evidence`` (the fitted
         :class:`LaplaceEvidence`, or ``None`` if no update happened in this call).
 
     Raises:
@@ -125,6 +138,8 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
                                            not isinstance(marglik_batch_size, int) or marglik_batch_size < 1):
         raise ValueError(f"marglik_batch_size: {marglik_batch_size!r}; must be None (the whole training set) "
                          "or an int >= 1")
+    if not isinstance(hold_idle, bool):
+        raise TypeError(f"hold_idle: expected True or False, got {type(hold_idle).__name__} ({hold_idle!r})")
     if not isinstance(low_memory, bool):
         raise TypeError(f"low_memory: expected True or False, got {type(low_memory).__name__} ({low_memory!r})")
     for name, value in (("lr", lr), ("lr_hyp", lr_hyp)):
@@ -152,7 +167,8 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
     hyper_optimizer = torch.optim.Adam(hyper, lr=lr_hyp)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     history: dict[str, Any] = {"groups": list(ev.groups), "loss": [], "marglik_epochs": [], "marglik": [],
-                               "prior_precision": [], "sigma_noise": [], "per_layer": [], "evidence": None}
+                               "prior_precision": [], "sigma_noise": [], "per_layer": [], "evidence": None,
+                               "held": []}
     hyper_names = _hyper_names(ev, net)
     start = 0
     if resume is not None:
@@ -165,7 +181,9 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
         for epoch_aware in (getattr(train_loader, "sampler", None), dataset):
             if hasattr(epoch_aware, "set_epoch"):  # DistributedSampler's shuffle, DoubleMNIST's re-drawn elements
                 epoch_aware.set_epoch(epoch - 1)
-        history["loss"].append(_train_epoch(model, train_loader, ev, optimizer, n_data, extra_loss))
+        held = _idle_weights(net, hyper_ids) if hold_idle else []
+        history["held"].append(sum(t.numel() for t in held))
+        history["loss"].append(_train_epoch(model, train_loader, ev, optimizer, n_data, extra_loss, held))
         postfix = {"loss": f"{history['loss'][-1]:.4g}"}
         if epoch > n_epochs_burnin and (epoch - n_epochs_burnin) % marglik_frequency == 0:
             marglik = _hyper_update(ev, train_loader, hyper, hyper_optimizer, n_hypersteps, marglik_batch_size,
@@ -215,6 +233,18 @@ def refresh_batchnorm(model: nn.Module, loader: Iterable) -> nn.Module:
         for m, momentum in saved:
             m.momentum = momentum
     return model.eval()
+
+
+def _idle_weights(net: nn.Module, hyper_ids: set[int]) -> list[Tensor]:
+    """The weights held this epoch: :meth:`~escnn_soft.nn.base.SoftModule.idle_parameters` of every soft layer whose
+    hyperparameters the evidence tunes (those stay fixed during the epoch, so the set does too)."""
+    from escnn_soft.nn.base import SoftModule, iter_modules
+
+    held: dict[int, Tensor] = {}
+    for m in iter_modules(net):
+        if isinstance(m, SoftModule) and any(id(h) in hyper_ids for h in m.hyperparameter_parameters().values()):
+            held.update((id(t), t) for t in m.idle_parameters())
+    return list(held.values())
 
 
 def _check_extra_loss(extra_loss: Callable[[nn.Module], Tensor] | None, net: nn.Module, hyper_ids: set[int]) -> None:
@@ -318,8 +348,9 @@ def _restore(state: dict[str, Any], ev: LaplaceEvidence, net: nn.Module, optimiz
 
 
 def _train_epoch(model: nn.Module, loader: DataLoader, ev: LaplaceEvidence, optimizer: torch.optim.Optimizer,
-                 n_data: int, extra_loss: Callable[[nn.Module], Tensor] | None) -> float:
-    """One epoch on the MAP objective; returns the mean loss per sample."""
+                 n_data: int, extra_loss: Callable[[nn.Module], Tensor] | None, held: list[Tensor]) -> float:
+    """One epoch on the MAP objective, the ``held`` tensors not stepped (their gradient dropped, so Adam leaves
+    them and their moments alone); returns the mean loss per sample."""
     model.train()
     total, seen = 0.0, 0
     for batch in loader:
@@ -331,6 +362,8 @@ def _train_epoch(model: nn.Module, loader: DataLoader, ev: LaplaceEvidence, opti
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"non-finite training loss ({float(loss)}) at batch {seen // max(1, len(y))}")
         loss.backward()
+        for t in held:
+            t.grad = None
         optimizer.step()
         total += float(loss.detach()) * len(y)
         seen += len(y)

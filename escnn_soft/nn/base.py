@@ -13,6 +13,10 @@ inherits :class:`SoftModule`, which adds:
   with ``hyperparameters=None`` collects them over a model in module order, keeping the trainable ones);
   relaxed layers: their log-scale amplitude, lengthscale, variances or smoothness; probabilistic layers:
   their likelihood's coefficients; doubly-stochastic layers: the Sinkhorn ``logits``;
+* ``idle_parameters()`` — the trained tensors the layer's output does not depend on at the current
+  hyperparameters (empty by default): a probabilistic layer's pathway weights while λ has no component on
+  the pathway's irrep (the uniform λ of the strict layer). :func:`escnn_soft.laplace.marglik_training` holds
+  them where they are until the evidence opens λ, since their only gradient is the prior's;
 * ``plot()`` — a matplotlib figure of what the layer learned, or ``None`` (the default) when the layer has
   nothing to plot; ``plot_kind`` names the figure (the command line writes it to
   ``<name>_<plot_kind>_<layer>.png``). Probabilistic layers plot their likelihood λ (``"likelihood"``),
@@ -72,6 +76,11 @@ class SoftModule:
         """The layer's own hyperparameter tensors that the Laplace evidence tunes, ``{name: tensor}`` in a
         fixed order; empty by default (a layer without hyperparameters)."""
         return {}
+
+    def idle_parameters(self) -> list[torch.Tensor]:
+        """The trained tensors the layer's output does not depend on at the current hyperparameter values, whose
+        gradient is therefore exactly zero but for a prior's; empty by default."""
+        return []
 
     def plot(self) -> Any:
         """A matplotlib figure of what the layer learned, or ``None`` (the default): nothing to plot."""

@@ -220,6 +220,15 @@ class _ProbabilisticFilter(StrictSteerable, SoftModule):
         """The coefficients of the layer's likelihood λ (``likelihood.<name>``), which the Laplace evidence tunes."""
         return {f"likelihood.{n}": p for n, p in self.likelihood.named_parameters()}
 
+    @torch.no_grad()
+    def idle_parameters(self) -> list[torch.Tensor]:
+        """The pathways whose Fourier matrix :math:`\\hat\\Lambda(\\psi)` is exactly zero (every pathway at the
+        uniform λ of the strict layer): their weights enter the filter only as :math:`w\\,\\tilde B(\\hat\\Lambda
+        (\\psi))`, so the output does not depend on them, and the gradient of the output with respect to
+        :math:`\\hat\\Lambda(\\psi)` is proportional to them."""
+        coeffs = self.likelihood.fourier_coefficients()
+        return [p.weights for p in self.pathways if not bool(coeffs[p.irrep_id].any())]
+
     def plot(self, ax=None):
         """λ over the group (:meth:`escnn_soft.GroupLikelihood.plot`); returns the figure."""
         return self.likelihood.plot(ax)

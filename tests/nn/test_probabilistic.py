@@ -27,6 +27,33 @@ def test_initial_layer_is_the_strict_r2conv(name):
     torch.testing.assert_close(layer(x).tensor, strict(x).tensor, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", list(GSPACES_2D))
+def test_idle_parameters_are_exactly_the_pathways_the_output_ignores(name):
+    """``idle_parameters()``: at the uniform λ every pathway's weights, and the output (float64) is unchanged
+    bit for bit when they are redrawn; once λ has a component on an irrep, that pathway is no longer idle and
+    redrawing its weights changes the output."""
+    in_type, out_type = mixed_types(gspace(name))
+    layer = ProbabilisticR2Conv(in_type, out_type, 5, padding=2, L=2).double()
+    x = random_input(layer, dtype=torch.float64)
+    assert {id(t) for t in layer.idle_parameters()} == {id(p.weights) for p in layer.pathways}
+    before = layer(x).tensor
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for t in layer.idle_parameters():
+            t.normal_()
+    assert torch.equal(layer(x).tensor, before)
+    with torch.no_grad():
+        layer.likelihood.coefficients.add_(0.3 * torch.randn_like(layer.likelihood.coefficients))
+    coeffs = layer.likelihood.fourier_coefficients()
+    opened = [p for p in layer.pathways if coeffs[p.irrep_id].any()]
+    assert opened, "the perturbed λ should have a component on some pathway's irrep"
+    assert not {id(p.weights) for p in opened} & {id(t) for t in layer.idle_parameters()}
+    before = layer(x).tensor
+    with torch.no_grad():
+        opened[0].weights.normal_()
+    assert not torch.allclose(layer(x).tensor, before)
+
+
 def _he_cases():
     so2 = gspace("SO2")
     so3 = gspace("SO3", 1)
