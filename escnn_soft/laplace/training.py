@@ -77,6 +77,7 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
                      seed: int | None = None, on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
                      resume: dict[str, Any] | None = None,
                      lr_schedule: Callable[[int], float] | None = None,
+                     lr_hyp_schedule: Callable[[int], float] | None = None,
                      hold_idle: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``model`` and its hyperparameters with the Laplace evidence (module docstring).
 
@@ -112,7 +113,11 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
             weights of that epoch: training continues after ``state["epoch"]``.
         lr_schedule: the weights' learning rate of epoch ``e`` (0-based) is ``lr * lr_schedule(e)``, e.g.
             ``lambda e: 0.5 * (1 + math.cos(math.pi * e / n_epochs))`` (``None``: constant ``lr``); the
-            hyperparameters keep ``lr_hyp``.
+            hyperparameters keep ``lr_hyp`` unless ``lr_hyp_schedule`` is given.
+        lr_hyp_schedule: the hyperparameters' learning rate of the update after epoch ``e`` (0-based) is
+            ``lr_hyp * lr_hyp_schedule(e)`` (``None``: constant ``lr_hyp``). With the weights on a schedule that
+            decays to 0, the same schedule here makes the late hyperparameter steps small too, so the last ones
+            do not change the network after its weights have stopped adapting to it.
         hold_idle: hold the weights the output does not depend on (a probabilistic layer's pathway weights while
             its λ is uniform on their irrep) instead of letting the prior alone move them (module docstring);
             ``False`` steps them like every other weight, which shrinks them during the burn-in (the behaviour
@@ -186,6 +191,9 @@ def marglik_training(model: nn.Module, train_loader: DataLoader, *, likelihood: 
         history["loss"].append(_train_epoch(model, train_loader, ev, optimizer, n_data, extra_loss, held))
         postfix = {"loss": f"{history['loss'][-1]:.4g}"}
         if epoch > n_epochs_burnin and (epoch - n_epochs_burnin) % marglik_frequency == 0:
+            if lr_hyp_schedule is not None:
+                for group in hyper_optimizer.param_groups:
+                    group["lr"] = lr_hyp * float(lr_hyp_schedule(epoch - 1))
             marglik = _hyper_update(ev, train_loader, hyper, hyper_optimizer, n_hypersteps, marglik_batch_size,
                                     generator, low_memory)
             history["marglik_epochs"].append(epoch)

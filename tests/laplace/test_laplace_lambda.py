@@ -302,3 +302,21 @@ def test_lr_schedule_scales_the_weights_learning_rate_per_epoch():
                      hyperparameters="likelihoods", progress=False, lr_schedule=lambda e: 1.0 if e == 0 else 0.0,
                      on_epoch_end=lambda e, s: seen.update({e: copy.deepcopy(model.a.weights.detach())}))
     assert not torch.equal(seen[0], seen[1]) and torch.equal(seen[1], seen[2]) and torch.equal(seen[2], seen[3])
+
+
+def test_lr_hyp_schedule_scales_each_hyperparameter_update():
+    """Updates follow epochs 2, 3 and 4 (0-based e = 1, 2, 3); a schedule that is 1 at e = 2 only moves λ in the
+    update after epoch 3 and in no other, and one that is 1 everywhere is the same run as no schedule."""
+    def run(schedule):
+        torch.manual_seed(0)
+        model = _Pair()
+        seen = {}
+        marglik_training(model, _data(), n_epochs=4, n_epochs_burnin=1, marglik_frequency=1, n_hypersteps=1,
+                         hyperparameters="likelihoods", progress=False, lr_hyp_schedule=schedule,
+                         on_epoch_end=lambda e, s: seen.update({e: model.a.likelihood.coefficients.detach().clone()}))
+        return seen
+
+    once = run(lambda e: 1.0 if e == 2 else 0.0)
+    assert torch.equal(once[1], once[2]) and not torch.equal(once[2], once[3]) and torch.equal(once[3], once[4])
+    constant, ones = run(None), run(lambda e: 1.0)
+    assert all(torch.equal(constant[e], ones[e]) for e in constant) and not torch.equal(constant[3], constant[4])
